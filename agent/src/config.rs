@@ -1,0 +1,239 @@
+//! Agent configuration (`agent.yaml`): strict parsing, explicit defaults.
+//!
+//! A missing or malformed file is refused with the file name and the reason; it is
+//! never replaced by defaults. Every field that is absent takes the default
+//! documented here and in docs/operations.md.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the agent configuration.
+pub const DEFAULT_CONFIG: &str = "/etc/portcullis/agent.yaml";
+/// Default admin socket, used by the CLI when no `--config` is given.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/portcullis/admin.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("agent config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("agent config {path}: setting `{setting}` = {value}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        setting: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// Where the enforcement programs are attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CgroupSetting {
+    /// `auto`: the root of the cgroup v2 hierarchy, found from /proc/self/mountinfo.
+    Keyword(CgroupKeyword),
+    /// A cgroup v2 directory (a subtree: covers only processes started inside it).
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupKeyword {
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// When the audit writer calls fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// fsync after every batch written (default): a record is durable before the
+    /// next batch starts.
+    #[default]
+    Batch,
+    /// Leave flushing to the kernel (faster, loses the last seconds on power loss).
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Directory of policy files (`*.yaml`, `*.yml`; `*.test.yaml` are tests, not policy).
+    pub policy_dir: PathBuf,
+    /// State directory: the audit log lives in `<state_dir>/audit/`.
+    pub state_dir: PathBuf,
+    /// Runtime directory: the admin socket.
+    pub runtime_dir: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    pub bpffs_dir: PathBuf,
+    /// `auto` (cgroup v2 root) or a cgroup v2 directory.
+    pub cgroup: CgroupSetting,
+    /// Port of the agent's listener; redirected connections arrive here.
+    pub listen_port: u16,
+    pub listen_v4: Ipv4Addr,
+    pub listen_v6: Ipv6Addr,
+    /// SO_MARK on the agent's upstream sockets; the kernel programs exempt it.
+    pub upstream_mark: u32,
+    /// Upstream connect timeout, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Close a proxied connection idle this long in both directions (seconds; 0 = never).
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; more are refused and audited.
+    pub max_connections: usize,
+    pub log_format: LogFormat,
+    pub audit_sync: AuditSync,
+    /// Records buffered between the proxy and the audit writer.
+    pub audit_queue: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            policy_dir: PathBuf::from("/etc/portcullis/policies.d"),
+            state_dir: PathBuf::from("/var/lib/portcullis"),
+            runtime_dir: PathBuf::from("/run/portcullis"),
+            bpffs_dir: PathBuf::from("/sys/fs/bpf/portcullis"),
+            cgroup: CgroupSetting::Keyword(CgroupKeyword::Auto),
+            listen_port: 15001,
+            listen_v4: Ipv4Addr::LOCALHOST,
+            listen_v6: Ipv6Addr::LOCALHOST,
+            upstream_mark: 0x7063_0001,
+            connect_timeout_ms: 5_000,
+            idle_timeout_secs: 3_600,
+            max_connections: 4_096,
+            log_format: LogFormat::Text,
+            audit_sync: AuditSync::Batch,
+            audit_queue: 65_536,
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let cfg: AgentConfig = if text.trim().is_empty() {
+            AgentConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: match e.location() {
+                    Some(l) => format!("line {} column {}: {e}", l.line(), l.column()),
+                    None => e.to_string(),
+                },
+            })?
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |setting, value: String, reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            setting,
+            value,
+            reason,
+        };
+        if self.listen_port == 0 {
+            return Err(invalid(
+                "listen_port",
+                "0".into(),
+                "must be a fixed port: the kernel programs redirect to it",
+            ));
+        }
+        if self.upstream_mark == 0 {
+            return Err(invalid(
+                "upstream_mark",
+                "0".into(),
+                "must be non-zero: it is how the kernel tells the agent's own sockets apart",
+            ));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(invalid(
+                "connect_timeout_ms",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "0".into(), "must be at least 1"));
+        }
+        if self.audit_queue < 16 {
+            return Err(invalid(
+                "audit_queue",
+                self.audit_queue.to_string(),
+                "must be at least 16",
+            ));
+        }
+        if !self.bpffs_dir.is_absolute() {
+            return Err(invalid(
+                "bpffs_dir",
+                self.bpffs_dir.display().to_string(),
+                "must be an absolute path under a bpffs mount",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.runtime_dir.join("admin.sock")
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state_dir.join("audit")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = AgentConfig::parse(Path::new("a.yaml"), "").expect("empty config is valid");
+        assert_eq!(c.listen_port, 15001);
+        assert_eq!(c.cgroup, CgroupSetting::Keyword(CgroupKeyword::Auto));
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_location() {
+        let err = AgentConfig::parse(Path::new("a.yaml"), "listen_port: 1\nlisten_prot: 2\n")
+            .expect_err("typo must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains("listen_prot"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn cgroup_path_and_auto() {
+        let c = AgentConfig::parse(Path::new("a"), "cgroup: /sys/fs/cgroup/x\n").expect("path");
+        assert_eq!(c.cgroup, CgroupSetting::Path("/sys/fs/cgroup/x".into()));
+        let c = AgentConfig::parse(Path::new("a"), "cgroup: auto\n").expect("auto");
+        assert_eq!(c.cgroup, CgroupSetting::Keyword(CgroupKeyword::Auto));
+    }
+
+    #[test]
+    fn zero_mark_is_refused() {
+        let err = AgentConfig::parse(Path::new("a"), "upstream_mark: 0\n").expect_err("zero mark");
+        assert!(err.to_string().contains("upstream_mark"));
+    }
+}

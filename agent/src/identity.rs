@@ -1,0 +1,301 @@
+//! Who made a connection: the kernel's record at connect time, completed from
+//! the exec map and /proc.
+//!
+//! What the kernel captured (tgid, tid, uid, gid, cgroup id, comm, time) is always
+//! right, even when the client has already exited. The executable comes from the
+//! exec tracepoint's record when its exec time matches the one the connect saw,
+//! else from /proc. Anything read from /proc is used only if that process started
+//! no later than the connect: a reused pid is never mistaken for the original.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use agent_common::{ConnInfo, ExecInfo};
+use serde::Serialize;
+
+use crate::policy::Subject;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Attribution {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub user: Option<String>,
+    pub gid: u32,
+    pub group: Option<String>,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Where `exe` came from: `exec` (kernel, at exec time), `proc`, or absent.
+    pub exe_source: Option<&'static str>,
+    pub cmdline: Option<Vec<String>>,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub slice: Option<String>,
+    pub container_id: Option<String>,
+    /// Process start, nanoseconds since boot, when known.
+    pub start_boot_ns: Option<u64>,
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+    /// Connect time, nanoseconds since boot.
+    pub connect_boot_ns: u64,
+    /// True when the process had exited (or its pid was reused) before we looked.
+    pub exited: bool,
+}
+
+impl Attribution {
+    pub fn subject(&self) -> Subject {
+        Subject {
+            uid: Some(self.uid),
+            user: self.user.clone(),
+            gid: Some(self.gid),
+            group: self.group.clone(),
+            exe: self.exe.clone(),
+            comm: Some(self.comm.clone()),
+            cgroup: self.cgroup.clone(),
+            unit: self.unit.clone(),
+            slice: self.slice.clone(),
+        }
+    }
+}
+
+pub fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Resolves cgroup ids to paths (relative to the cgroup v2 root), with a cache.
+pub struct CgroupResolver {
+    root: PathBuf,
+    cache: Mutex<HashMap<u64, String>>,
+}
+
+impl CgroupResolver {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn path_of(&self, id: u64) -> Option<String> {
+        if let Ok(c) = self.cache.lock() {
+            if let Some(p) = c.get(&id) {
+                return Some(p.clone());
+            }
+        }
+        // Walk the hierarchy once, filling the cache with every directory seen.
+        let mut found = None;
+        let mut stack = vec![self.root.clone()];
+        let mut seen = HashMap::new();
+        while let Some(dir) = stack.pop() {
+            if seen.len() > 100_000 {
+                break;
+            }
+            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let rel = dir
+                .strip_prefix(&self.root)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_else(|_| "/".into());
+            let rel = if rel == "/" { rel } else { rel.trim_end_matches('/').to_string() };
+            if meta.ino() == id {
+                found = Some(rel.clone());
+            }
+            seen.insert(meta.ino(), rel);
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+        }
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() > 50_000 {
+                c.clear();
+            }
+            c.extend(seen);
+        }
+        found
+    }
+}
+
+/// systemd unit and slice from a cgroup path: the innermost `*.service` / `*.scope`
+/// and the innermost `*.slice`.
+pub fn unit_and_slice(cgroup: &str) -> (Option<String>, Option<String>) {
+    let mut unit = None;
+    let mut slice = None;
+    for c in cgroup.split('/') {
+        if c.ends_with(".service") || c.ends_with(".scope") {
+            unit = Some(c.to_string());
+        } else if c.ends_with(".slice") {
+            slice = Some(c.to_string());
+        }
+    }
+    (unit, slice)
+}
+
+/// A 64-hex-digit container id in a cgroup path (docker, containerd, cri-o, podman).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.split('/').rev().find_map(|c| {
+        let c = c.trim_end_matches(".scope");
+        let id = c.rsplit(['-', ':']).next().unwrap_or(c);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
+
+fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|v| v as u64)
+        .filter(|v| *v > 0)
+        .unwrap_or(100)
+}
+
+/// Process start time (ns since boot) from /proc/<pid>/stat.
+fn proc_start_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let start_ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some(start_ticks.saturating_mul(1_000_000_000) / ticks_per_second())
+}
+
+/// Builds the attribution of a connection from the kernel record.
+pub fn resolve(conn: &ConnInfo, exec: Option<ExecInfo>, cgroups: &CgroupResolver) -> Attribution {
+    let pid = conn.tgid;
+    let mut a = Attribution {
+        pid,
+        tid: conn.tid,
+        uid: conn.uid,
+        gid: conn.gid,
+        comm: cstr(&conn.comm),
+        cgroup_id: conn.cgroup_id,
+        netns_cookie: conn.netns_cookie,
+        socket_cookie: conn.sock_cookie,
+        connect_boot_ns: conn.ktime_ns,
+        ..Default::default()
+    };
+    a.user = nix::unistd::User::from_uid(conn.uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    a.group = nix::unistd::Group::from_gid(conn.gid.into())
+        .ok()
+        .flatten()
+        .map(|g| g.name);
+    if let Some(e) = exec {
+        if conn.exec_ktime_ns != 0 && e.ktime_ns == conn.exec_ktime_ns {
+            let path = cstr(&e.exe);
+            if !path.is_empty() {
+                a.exe = Some(path);
+                a.exe_source = Some("exec");
+            }
+        }
+    }
+    // /proc is trusted only for the process that connected: same pid, started
+    // no later than the connect (10 ms of slack for tick rounding).
+    let start = proc_start_ns(pid);
+    let same_process = matches!(start, Some(s) if s <= conn.ktime_ns.saturating_add(10_000_000));
+    if same_process {
+        a.start_boot_ns = start;
+        let base = PathBuf::from(format!("/proc/{pid}"));
+        if let Ok(exe) = std::fs::read_link(base.join("exe")) {
+            let exe = exe.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+            // A relative or script path from exec is less useful than the resolved one.
+            if a.exe.as_deref().is_none_or(|e| !e.starts_with('/')) {
+                a.exe = Some(exe);
+                a.exe_source = Some("proc");
+            }
+        }
+        if let Ok(raw) = std::fs::read(base.join("cmdline")) {
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            if !args.is_empty() {
+                a.cmdline = Some(args);
+            }
+        }
+    } else {
+        a.exited = true;
+    }
+    a.cgroup = cgroups.path_of(conn.cgroup_id).or_else(|| {
+        if same_process {
+            proc_cgroup_v2(Path::new(&format!("/proc/{pid}/cgroup")))
+        } else {
+            None
+        }
+    });
+    if let Some(cg) = &a.cgroup {
+        let (unit, slice) = unit_and_slice(cg);
+        a.unit = unit;
+        a.slice = slice;
+        a.container_id = container_id(cg);
+    }
+    a
+}
+
+fn proc_cgroup_v2(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_slice_container() {
+        let p = "/system.slice/reporting.service";
+        assert_eq!(
+            unit_and_slice(p),
+            (Some("reporting.service".into()), Some("system.slice".into()))
+        );
+        let id = "a".repeat(64);
+        let p = format!("/system.slice/docker-{id}.scope");
+        assert_eq!(container_id(&p), Some(id.clone()));
+        assert_eq!(unit_and_slice(&p).0, Some(format!("docker-{id}.scope")));
+        assert_eq!(container_id("/user.slice/user-0.slice/session-1.scope"), None);
+    }
+
+    #[test]
+    fn cstr_stops_at_nul() {
+        assert_eq!(cstr(b"psql\0\0junk"), "psql");
+        assert_eq!(cstr(b"full"), "full");
+    }
+
+    #[test]
+    fn own_process_resolves_from_proc() {
+        let me = std::process::id();
+        let conn = ConnInfo {
+            orig_addr: [0; 16],
+            orig_port: 1,
+            family: 2,
+            target_id: 0,
+            tgid: me,
+            tid: me,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            cgroup_id: 0,
+            netns_cookie: 0,
+            sock_cookie: 0,
+            ktime_ns: u64::MAX / 2,
+            exec_ktime_ns: 0,
+            comm: [0; 16],
+        };
+        let a = resolve(&conn, None, &CgroupResolver::new("/nonexistent".into()));
+        assert!(!a.exited);
+        assert!(a.exe.is_some());
+        // A connect that happened before this process started is not ours.
+        let early = ConnInfo { ktime_ns: 1, ..conn };
+        let a = resolve(&early, None, &CgroupResolver::new("/nonexistent".into()));
+        assert!(a.exited && a.exe.is_none() && a.cmdline.is_none());
+    }
+}

@@ -1,0 +1,306 @@
+//! `portcullis`: the host enforcement agent and its CLI, in one binary.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod audit;
+mod config;
+mod ebpf;
+mod flows;
+mod identity;
+mod policy;
+mod proxy;
+mod run;
+mod state;
+mod systemd;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::{AgentConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Host enforcement agent: kernel redirect, policy, audit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (as root, usually from systemd).
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Programs attached, cgroup, counters, sessions, policy and audit state.
+    Status {
+        #[command(flatten)]
+        target: AgentTarget,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent outbound connects by workload and destination (from kernel events).
+    Flows {
+        #[command(flatten)]
+        target: AgentTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Remove enforcement (unpin all programs and maps). Audited. Stops the agent.
+    Detach {
+        #[command(flatten)]
+        target: AgentTarget,
+        /// Required: removing enforcement is never implicit.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check policy files or directories; prints every error; exits non-zero on any.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Ask the running agent to reload its policy directory.
+    Reload {
+        #[command(flatten)]
+        target: AgentTarget,
+    },
+}
+
+#[derive(clap::Args)]
+struct AgentTarget {
+    /// Agent config (to find the admin socket and, for detach, the pins).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Admin socket (overrides the config's).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl AgentTarget {
+    fn config(&self) -> Result<Option<AgentConfig>, config::ConfigError> {
+        match &self.config {
+            Some(p) => AgentConfig::load(p).map(Some),
+            None if Path::new(DEFAULT_CONFIG).exists() => AgentConfig::load(Path::new(DEFAULT_CONFIG)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn socket(&self) -> Result<PathBuf, config::ConfigError> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        Ok(match self.config()? {
+            Some(c) => c.admin_socket(),
+            None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
+        })
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portcullis: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = AgentConfig::load(&config)?;
+            init_tracing(cfg.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(run::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { target, json } => {
+            let v = admin::request(&target.socket()?, "status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flows { target, json } => {
+            let v = admin::request(&target.socket()?, "flows")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_flows(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { paths },
+        } => match policy::CompiledPolicy::load(&paths) {
+            Ok(p) => {
+                println!(
+                    "ok: {} file(s), {} workload(s), {} target(s), {} rule(s); sha256 {}",
+                    p.files.len(),
+                    p.workloads.len(),
+                    p.targets.len(),
+                    p.rules.len(),
+                    p.hash
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errs) => {
+                for e in &errs.0 {
+                    eprintln!("error: {e}");
+                }
+                eprintln!("{} error(s); the policy set is refused as a whole", errs.0.len());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Policy {
+            command: PolicyCommand::Reload { target },
+        } => {
+            let v = admin::request(&target.socket()?, "reload")?;
+            reply_ok(&v, |v| println!("reloaded; policy sha256 {}", v["policy_hash"].as_str().unwrap_or("?")))
+        }
+        Command::Detach { target, yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "detach removes enforcement from this host: protected targets become reachable without the agent.\n\
+                     Re-run with --yes to confirm. The action is written to the audit log."
+                );
+            }
+            detach(&target)
+        }
+    }
+}
+
+fn reply_ok(v: &Value, on_ok: impl FnOnce(&Value)) -> anyhow::Result<ExitCode> {
+    if v["ok"].as_bool() == Some(true) {
+        on_ok(v);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("portcullis: the agent refused: {}", v["error"].as_str().unwrap_or("unknown error"));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Through the running agent if there is one; otherwise directly on the pins, with
+/// an audit record appended to the log.
+fn detach(target: &AgentTarget) -> anyhow::Result<ExitCode> {
+    let socket = target.socket()?;
+    match admin::request(&socket, "detach") {
+        Ok(v) => reply_ok(&v, |v| {
+            println!("enforcement detached; the agent is stopping");
+            if let Some(r) = v["removed"].as_array() {
+                println!("removed {} pin(s)", r.len());
+            }
+        }),
+        Err(admin::AdminError::Connect { .. }) => {
+            let cfg = target.config()?.unwrap_or_default();
+            let removed = ebpf::remove_pins(&cfg.bpffs_dir)?;
+            let log = audit::AuditLog::open(&cfg.audit_dir(), 16, cfg.audit_sync)?;
+            let _ = log.record(
+                "enforcement_detached",
+                json!({
+                    "by": "cli (agent not running)",
+                    "uid": nix::unistd::getuid().as_raw(),
+                    "bpffs_dir": cfg.bpffs_dir,
+                    "removed_pins": removed,
+                }),
+            );
+            log.flush(std::time::Duration::from_secs(5));
+            println!(
+                "agent not running; removed {} pin(s) under {} (audited in {})",
+                removed.len(),
+                cfg.bpffs_dir.display(),
+                log.path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_status(v: &Value) {
+    let e = &v["enforcement"];
+    println!("portcullis {} (pid {}), up {}s", v["version"].as_str().unwrap_or("?"), v["pid"], v["uptime_secs"]);
+    println!("cgroup:    {} (id {})", e["cgroup"].as_str().unwrap_or("?"), e["cgroup_id"]);
+    println!("pins:      {} (adopted: {})", e["bpffs_dir"].as_str().unwrap_or("?"), e["adopted_from_pins"]);
+    if let Some(progs) = e["programs"].as_array() {
+        for p in progs {
+            let state = if p["pinned"].as_bool() == Some(true) { "attached, pinned" } else { "NOT PINNED" };
+            println!("  {:<12} {state}", p["name"].as_str().unwrap_or("?"));
+        }
+    }
+    println!("listen:    {} {}", v["listen"]["v4"].as_str().unwrap_or(""), v["listen"]["v6"].as_str().unwrap_or(""));
+    if let Some(c) = v["kernel_counters"].as_object() {
+        let parts: Vec<String> = c.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        println!("kernel:    {}", parts.join(" "));
+    }
+    let s = &v["sessions"];
+    println!(
+        "sessions:  total={} active={} allowed={} denied={}  bypass events={}",
+        s["total"], s["active"], s["allowed"], s["denied"], v["bypass_events"]
+    );
+    let p = &v["policy"];
+    println!(
+        "policy:    sha256 {} ({} rules, reloads={} rejected={})",
+        p["sha256"].as_str().unwrap_or("?"),
+        p["rules"],
+        p["reloads"],
+        p["rejected_reloads"]
+    );
+    let a = &v["audit"];
+    println!(
+        "audit:     {} healthy={} written={} queued={}",
+        a["path"].as_str().unwrap_or("?"),
+        a["healthy"],
+        a["written"],
+        a["queued"]
+    );
+}
+
+fn print_flows(v: &Value) {
+    let Some(flows) = v["flows"].as_array() else {
+        println!("no flows");
+        return;
+    };
+    println!("{:>7} {:>6} {:>6} {:>6}  {:<6} {:<28} {:<5} {:<30} CGROUP", "CONNECTS", "REDIR", "PASS", "DENY", "PROTO", "DESTINATION", "UID", "EXE");
+    for f in flows {
+        println!(
+            "{:>8} {:>6} {:>6} {:>6}  {:<6} {:<28} {:<5} {:<30} {}",
+            f["connects"],
+            f["redirected"],
+            f["passed"],
+            f["kernel_denied"],
+            f["protocol"].as_str().unwrap_or(""),
+            f["destination"].as_str().unwrap_or(""),
+            f["uid"],
+            f["exe"].as_str().unwrap_or(""),
+            f["cgroup"].as_str().unwrap_or(""),
+        );
+    }
+}

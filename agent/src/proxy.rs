@@ -1,0 +1,374 @@
+//! The L4 transparent proxy: accepts redirected connections, finds who made them
+//! and where they were going, asks the policy, dials the original destination from
+//! an exempt (marked) socket, and copies bytes both ways with half-close and an
+//! idle timeout. One audit record per connection.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_common::TupleKey;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::identity::{self, Attribution};
+use crate::policy::{self, Decision, Effect};
+use crate::state::Shared;
+
+/// Opaque per-connection id, unique on this host across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u128);
+
+impl SessionId {
+    pub fn new() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u128;
+        let pid = std::process::id() as u128;
+        Self((now << 40) ^ (pid << 20) ^ n)
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The audit record of one connection.
+#[derive(Debug, Serialize)]
+struct ConnectionRecord<'a> {
+    session_id: String,
+    client: String,
+    original_destination: Option<String>,
+    target: Option<&'a str>,
+    attribution: Option<&'a Attribution>,
+    decision: &'a str,
+    policy_decision: Option<&'a str>,
+    rule: &'a str,
+    mode: Option<policy::Mode>,
+    workloads: &'a [String],
+    policy_hash: &'a str,
+    bytes_client_to_upstream: u64,
+    bytes_upstream_to_client: u64,
+    duration_ms: u64,
+    end: &'a str,
+    error: Option<String>,
+}
+
+pub fn to_v6(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+pub fn from_v6(addr: [u8; 16], port: u16) -> SocketAddr {
+    let v6 = Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
+        None => SocketAddr::new(IpAddr::V6(v6), port),
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { handle(shared, stream, peer).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let session = SessionId::new();
+    let key = TupleKey::new(to_v6(peer.ip()), peer.port());
+    let conn = shared.enforcement.lock().ok().and_then(|mut e| e.take_conn(&key));
+    let policy = shared.policy();
+    let mut rec = ConnectionRecord {
+        session_id: session.to_string(),
+        client: peer.to_string(),
+        original_destination: None,
+        target: None,
+        attribution: None,
+        decision: "deny",
+        policy_decision: None,
+        rule: policy::DEFAULT_DENY,
+        mode: None,
+        workloads: &[],
+        policy_hash: &policy.hash,
+        bytes_client_to_upstream: 0,
+        bytes_upstream_to_client: 0,
+        duration_ms: 0,
+        end: "refused",
+        error: None,
+    };
+    shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+
+    let Some(conn) = conn else {
+        // Not redirected by our programs (or the record was lost): we cannot say who
+        // this is or where it was going, so it goes nowhere.
+        rec.rule = "unattributed";
+        rec.error = Some("no kernel record for this connection".into());
+        shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        finish(&shared, &rec, started);
+        drop(client);
+        return;
+    };
+    let exec = shared.enforcement.lock().ok().and_then(|e| e.exec_of(conn.tgid));
+    let attribution = identity::resolve(&conn, exec, &shared.cgroups);
+    let dst = from_v6(conn.orig_addr, conn.orig_port);
+    rec.original_destination = Some(dst.to_string());
+    let span = tracing::info_span!("session", id = %session, pid = attribution.pid, comm = %attribution.comm, dst = %dst);
+    let _enter = span.enter();
+
+    let target = policy.target_for(&conn.orig_addr, conn.orig_port);
+    let decision: Decision;
+    match target {
+        None => {
+            rec.rule = "no-target";
+            rec.error = Some("destination is no longer a protected target of the policy in force".into());
+            rec.attribution = Some(&attribution);
+            shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+            finish(&shared, &rec, started);
+            return;
+        }
+        Some(t) => {
+            rec.target = Some(&t.name);
+            decision = policy::evaluate(&policy, &attribution.subject(), t.id);
+        }
+    }
+    rec.attribution = Some(&attribution);
+    rec.rule = &decision.rule;
+    rec.mode = Some(decision.mode);
+    rec.workloads = &decision.workloads;
+    rec.policy_decision = Some(match decision.decided {
+        Effect::Allow => "allow",
+        Effect::Deny => "deny",
+    });
+    if !shared.audit.healthy() {
+        rec.decision = "deny";
+        rec.rule = "audit-unavailable";
+        rec.error = Some("the audit log is not accepting records".into());
+        shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        finish(&shared, &rec, started);
+        return;
+    }
+    if decision.effect == Effect::Deny {
+        tracing::info!(rule = %decision.rule, "connection denied");
+        shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        finish(&shared, &rec, started);
+        return;
+    }
+    let Ok(_permit) = shared.conn_limit.clone().try_acquire_owned() else {
+        rec.decision = "deny";
+        rec.rule = "max-connections";
+        rec.error = Some(format!("more than {} connections at once", shared.cfg.max_connections));
+        shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        finish(&shared, &rec, started);
+        return;
+    };
+    rec.decision = if decision.decided == Effect::Deny { "would_deny" } else { "allow" };
+    shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
+
+    let upstream = match dial(dst, shared.cfg.upstream_mark, Duration::from_millis(shared.cfg.connect_timeout_ms)).await {
+        Ok(s) => s,
+        Err(e) => {
+            rec.end = "upstream_unreachable";
+            rec.error = Some(e);
+            finish(&shared, &rec, started);
+            return;
+        }
+    };
+    shared.stats.active.fetch_add(1, Ordering::Relaxed);
+    let idle = match shared.cfg.idle_timeout_secs {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    };
+    let (up, down, end, err) = relay(client, upstream, idle).await;
+    shared.stats.active.fetch_sub(1, Ordering::Relaxed);
+    rec.bytes_client_to_upstream = up;
+    rec.bytes_upstream_to_client = down;
+    rec.end = end;
+    rec.error = err;
+    finish(&shared, &rec, started);
+}
+
+fn finish(shared: &Shared, rec: &ConnectionRecord<'_>, started: Instant) {
+    let mut rec_json = serde_json::to_value(rec).unwrap_or_default();
+    if let Some(o) = rec_json.as_object_mut() {
+        o.insert("duration_ms".into(), (started.elapsed().as_millis() as u64).into());
+    }
+    if let Err(e) = shared.audit.record("connection", rec_json) {
+        tracing::error!(error = %e, "audit record lost");
+    }
+}
+
+/// Connects to the original destination from a socket carrying the agent's mark,
+/// which the kernel programs let through untouched.
+pub async fn dial(dst: SocketAddr, mark: u32, timeout: Duration) -> Result<TcpStream, String> {
+    let sock = match dst {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(|e| format!("setting SO_MARK {mark:#x} (needs CAP_NET_ADMIN): {e}"))?;
+    let stream = tokio::time::timeout(timeout, sock.connect(dst))
+        .await
+        .map_err(|_| format!("connect to {dst} timed out after {} ms", timeout.as_millis()))?
+        .map_err(|e| format!("connect to {dst}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Copies both ways until both sides have finished. EOF on one side is passed on as
+/// a write shutdown to the other (half-close). Returns bytes client→upstream,
+/// upstream→client, how it ended, and an error if one ended it.
+pub async fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Option<Duration>,
+) -> (u64, u64, &'static str, Option<String>) {
+    let _ = client.set_nodelay(true);
+    let last = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let up_bytes = Arc::new(AtomicU64::new(0));
+    let down_bytes = Arc::new(AtomicU64::new(0));
+    let up = pump(cr, uw, last.clone(), t0, up_bytes.clone());
+    let down = pump(ur, cw, last.clone(), t0, down_bytes.clone());
+    let both = async { tokio::join!(up, down) };
+    tokio::pin!(both);
+    let watchdog = async {
+        let Some(idle) = idle else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            tokio::time::sleep(idle / 4 + Duration::from_millis(1)).await;
+            let last_ms = last.load(Ordering::Relaxed);
+            let idle_for = t0.elapsed().saturating_sub(Duration::from_millis(last_ms));
+            if idle_for >= idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        (ea, eb) = &mut both => {
+            let err = ea.or(eb);
+            let end = if err.is_some() { "error" } else { "closed" };
+            (up_bytes.load(Ordering::Relaxed), down_bytes.load(Ordering::Relaxed), end, err)
+        }
+        _ = watchdog => (
+            up_bytes.load(Ordering::Relaxed),
+            down_bytes.load(Ordering::Relaxed),
+            "idle_timeout",
+            None,
+        ),
+    }
+}
+
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    last: Arc<AtomicU64>,
+    t0: Instant,
+    total: Arc<AtomicU64>,
+) -> Option<String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Some(format!("read: {e}")),
+        };
+        if let Err(e) = w.write_all(&buf[..n]).await {
+            return Some(format!("write: {e}"));
+        }
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    let _ = w.shutdown().await;
+    None
+}
+
+/// Binds the agent's listeners (IPv4 and, when the host has it, IPv6).
+pub fn bind(v4: Ipv4Addr, v6: Ipv6Addr, port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    let l4 = TcpSocket::new_v4()?;
+    l4.set_reuseaddr(true)?;
+    l4.bind(SocketAddr::new(IpAddr::V4(v4), port))?;
+    out.push(l4.listen(4096)?);
+    match TcpSocket::new_v6().and_then(|s| {
+        s.set_reuseaddr(true)?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6V6Only, &true)
+            .map_err(std::io::Error::from)?;
+        s.bind(SocketAddr::new(IpAddr::V6(v6), port))?;
+        s.listen(4096)
+    }) {
+        Ok(l) => out.push(l),
+        Err(e) => tracing::warn!(error = %e, "IPv6 listener unavailable; IPv6 protected connects will be refused"),
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v6_roundtrip() {
+        let a: SocketAddr = "10.1.2.3:5432".parse().expect("addr");
+        assert_eq!(from_v6(to_v6(a.ip()), 5432), a);
+        let b: SocketAddr = "[2001:db8::1]:443".parse().expect("addr");
+        assert_eq!(from_v6(to_v6(b.ip()), 443), b);
+    }
+
+    #[tokio::test]
+    async fn relay_half_close_and_counts() {
+        let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let saddr = server.local_addr().expect("addr");
+        // Echo server that replies after the client half-closes.
+        tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.expect("accept");
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await.expect("read");
+            s.write_all(&all).await.expect("write");
+            s.shutdown().await.expect("shutdown");
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let faddr = front.local_addr().expect("addr");
+        let proxy = tokio::spawn(async move {
+            let (c, _) = front.accept().await.expect("accept");
+            let u = TcpStream::connect(saddr).await.expect("connect");
+            relay(c, u, Some(Duration::from_secs(30))).await
+        });
+        let mut c = TcpStream::connect(faddr).await.expect("connect");
+        c.write_all(b"hello world").await.expect("write");
+        c.shutdown().await.expect("half-close");
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.expect("read");
+        assert_eq!(back, b"hello world");
+        let (up, down, end, err) = proxy.await.expect("join");
+        assert_eq!((up, down, end, err), (11, 11, "closed", None));
+    }
+}

@@ -1,0 +1,263 @@
+//! `portcullis run`: start-up order, signals, reload, detach, shutdown.
+//!
+//! Start-up: config → policy (refuse to start if broken) → audit log → listeners →
+//! maps filled → programs attached/adopted → READY. SIGHUP reloads the policy
+//! (a broken one is refused and the last good one stays). SIGTERM stops the agent
+//! and leaves enforcement pinned: protected connects then fail closed until the
+//! agent is back. Only `portcullis detach` removes enforcement.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use agent_common::{Config, event_kind, verdict};
+use anyhow::Context;
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+
+use crate::audit::AuditLog;
+use crate::config::{AgentConfig, CgroupSetting};
+use crate::ebpf::{self, Enforcement};
+use crate::flows::FlowKey;
+use crate::identity::{self, CgroupResolver};
+use crate::policy::CompiledPolicy;
+use crate::proxy;
+use crate::state::Shared;
+use crate::systemd;
+
+pub fn kernel_config(cfg: &AgentConfig) -> Config {
+    Config {
+        listen_v6: cfg.listen_v6.octets(),
+        listen_v4: cfg.listen_v4.octets(),
+        listen_port: cfg.listen_port,
+        _pad0: 0,
+        mark: cfg.upstream_mark,
+        _pad1: 0,
+        agent_cgroup_id: 0,
+    }
+}
+
+pub fn resolve_cgroup(cfg: &AgentConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let root = ebpf::cgroup2_root()?;
+    let path = match &cfg.cgroup {
+        CgroupSetting::Keyword(_) => root.clone(),
+        CgroupSetting::Path(p) => p.clone(),
+    };
+    Ok((root, path))
+}
+
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let policy = CompiledPolicy::load(std::slice::from_ref(&cfg.policy_dir))
+        .map_err(|e| anyhow::anyhow!("refusing to start: the policy set is invalid:\n{e}"))?;
+    let audit = AuditLog::open(&cfg.audit_dir(), cfg.audit_queue, cfg.audit_sync)?;
+    let (root, cgroup) = resolve_cgroup(&cfg)?;
+    let listeners = proxy::bind(cfg.listen_v4, cfg.listen_v6, cfg.listen_port)
+        .with_context(|| format!("binding the agent listener on port {}", cfg.listen_port))?;
+    let admin = crate::admin::bind(&cfg.admin_socket())
+        .with_context(|| format!("binding the admin socket {}", cfg.admin_socket().display()))?;
+
+    let mut enforcement = Enforcement::open(&cfg.bpffs_dir, &cgroup, kernel_config(&cfg))?;
+    enforcement.sync_targets(&policy)?;
+    enforcement.attach()?;
+    let events = enforcement.take_events();
+    let _ = audit.record(
+        "agent_start",
+        json!({
+            "pid": std::process::id(),
+            "cgroup": cgroup,
+            "bpffs_dir": cfg.bpffs_dir,
+            "adopted_from_pins": enforcement.adopted,
+            "object_sha256": enforcement.object_hash,
+            "policy_hash": policy.hash,
+            "policy_files": policy.files,
+        }),
+    );
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        adopted = enforcement.adopted,
+        policy_hash = %policy.hash,
+        port = cfg.listen_port,
+        "enforcement active"
+    );
+    let shared = Arc::new(Shared::new(cfg, enforcement, policy, audit, CgroupResolver::new(root)));
+
+    for l in listeners {
+        tokio::spawn(proxy::serve(shared.clone(), l));
+    }
+    tokio::spawn(crate::admin::serve(shared.clone(), admin));
+    if let Some(rb) = events {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = consume_events(s, rb).await {
+                tracing::error!(error = %e, "attribution event reader stopped");
+            }
+        });
+    }
+    if let Some(every) = systemd::watchdog_interval() {
+        tokio::spawn(async move {
+            loop {
+                systemd::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    systemd::notify("READY=1\nSTATUS=enforcing");
+    println!("portcullis: ready (pid {})", std::process::id());
+
+    let reason = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Err(e) = reload(&shared, "SIGHUP") {
+                    tracing::error!(error = %e, "policy reload refused; the last good policy stays in force");
+                }
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = shared.shutdown.notified() => break "detach",
+        }
+    };
+    systemd::notify("STOPPING=1");
+    let _ = shared.audit.record(
+        "agent_stop",
+        json!({"reason": reason, "enforcement_left_pinned": reason != "detach"}),
+    );
+    shared.audit.flush(Duration::from_secs(5));
+    tracing::info!(reason, "agent stopped");
+    Ok(())
+}
+
+/// Reloads the policy directory: all or nothing. Returns the new policy hash.
+pub fn reload(shared: &Shared, trigger: &str) -> Result<String, String> {
+    match CompiledPolicy::load(std::slice::from_ref(&shared.cfg.policy_dir)) {
+        Ok(p) => {
+            let res = shared
+                .enforcement
+                .lock()
+                .map_err(|_| "enforcement state poisoned".to_string())
+                .and_then(|mut e| e.sync_targets(&p).map_err(|e| e.to_string()));
+            if let Err(e) = res {
+                shared.stats.policy_rejects.fetch_add(1, Ordering::Relaxed);
+                let _ = shared.audit.record("policy_reject", json!({"trigger": trigger, "error": e}));
+                return Err(e);
+            }
+            let hash = p.hash.clone();
+            let _ = shared.audit.record(
+                "policy_load",
+                json!({"trigger": trigger, "policy_hash": hash, "files": p.files}),
+            );
+            shared.set_policy(p);
+            shared.stats.policy_reloads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(policy_hash = %hash, trigger, "policy reloaded");
+            Ok(hash)
+        }
+        Err(e) => {
+            shared.stats.policy_rejects.fetch_add(1, Ordering::Relaxed);
+            let msg = e.to_string();
+            let _ = shared.audit.record(
+                "policy_reject",
+                json!({"trigger": trigger, "error": msg, "kept_policy_hash": shared.policy().hash}),
+            );
+            Err(msg)
+        }
+    }
+}
+
+/// Explicit removal of enforcement: unpins everything, audits it, stops the agent.
+pub fn detach(shared: &Shared) -> Result<Vec<String>, String> {
+    let dir = shared.cfg.bpffs_dir.clone();
+    let removed = ebpf::remove_pins(&dir).map_err(|e| e.to_string())?;
+    let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+    let _ = shared.audit.record(
+        "enforcement_detached",
+        json!({"by": "admin socket", "bpffs_dir": dir, "removed_pins": removed}),
+    );
+    tracing::warn!(dir = %dir.display(), "enforcement detached by admin request; stopping");
+    shared.shutdown.notify_one();
+    Ok(removed)
+}
+
+async fn consume_events(
+    shared: Arc<Shared>,
+    rb: aya::maps::RingBuf<aya::maps::MapData>,
+) -> anyhow::Result<()> {
+    // The ring buffer owns its fd for as long as the AsyncFd holds it, which is the
+    // I/O-safety condition `AsyncFd::new` cannot check by itself.
+    #[allow(deprecated)]
+    let mut fd = AsyncFd::new(rb)?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            let Some(ev) = ebpf::parse_event(&item) else {
+                continue;
+            };
+            drop(item);
+            handle_event(&shared, &ev);
+        }
+        guard.clear_ready();
+    }
+}
+
+fn handle_event(shared: &Shared, ev: &agent_common::Event) {
+    let dst = proxy::from_v6(ev.conn.orig_addr, ev.conn.orig_port);
+    let cgroup = shared
+        .cgroups
+        .path_of(ev.conn.cgroup_id)
+        .unwrap_or_else(|| format!("id:{}", ev.conn.cgroup_id));
+    match ev.kind {
+        event_kind::BYPASS => {
+            shared.stats.bypass_events.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(destination = %dst, uid = ev.conn.uid, cgroup = %cgroup, ip_protocol = ev.proto, "bypass attempt dropped");
+            let _ = shared.audit.record(
+                "bypass_drop",
+                json!({
+                    "destination": dst.to_string(),
+                    "ip_protocol": ev.proto,
+                    "uid": ev.conn.uid,
+                    "cgroup_id": ev.conn.cgroup_id,
+                    "cgroup": cgroup,
+                    "socket_cookie": ev.conn.sock_cookie,
+                    "note": "rate-limited: kernel_counters.bypass_drops counts every dropped packet",
+                }),
+            );
+        }
+        event_kind::CONNECT => {
+            let exe = shared
+                .enforcement
+                .lock()
+                .ok()
+                .and_then(|e| e.exec_of(ev.conn.tgid))
+                .filter(|x| ev.conn.exec_ktime_ns != 0 && x.ktime_ns == ev.conn.exec_ktime_ns)
+                .map(|x| identity::cstr(&x.exe))
+                .unwrap_or_else(|| format!("comm:{}", identity::cstr(&ev.conn.comm)));
+            let key = FlowKey {
+                exe,
+                uid: ev.conn.uid,
+                cgroup,
+                destination: dst.to_string(),
+                protocol: if ev.proto == agent_common::IPPROTO_UDP { "udp" } else { "tcp" },
+            };
+            if let Ok(mut f) = shared.flows.lock() {
+                f.add(key, ev.verdict, crate::audit::now_rfc3339());
+            }
+            if ev.verdict == verdict::DENY {
+                let _ = shared.audit.record(
+                    "kernel_deny",
+                    json!({
+                        "destination": dst.to_string(),
+                        "pid": ev.conn.tgid,
+                        "uid": ev.conn.uid,
+                        "comm": identity::cstr(&ev.conn.comm),
+                        "ip_protocol": ev.proto,
+                        "reason": "protected destination over a protocol the proxy does not carry (EPERM)",
+                    }),
+                );
+            }
+        }
+        _ => {}
+    }
+}
