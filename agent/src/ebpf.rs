@@ -102,6 +102,8 @@ pub struct Enforcement {
     pub object_hash: String,
     /// True when every program was adopted from existing pins.
     pub adopted: bool,
+    /// Held open: programs loaded after `open` reference every map by fd.
+    _config: Array<MapData, Config>,
     targets: LpmTrie<MapData, TargetKey, TargetValue>,
     target_addrs: LpmTrie<MapData, [u8; 16], u32>,
     tuples: HashMap<MapData, TupleKey, ConnInfo>,
@@ -220,6 +222,7 @@ impl Enforcement {
         config.set(0, cfg, 0).map_err(map_err("PC_CONFIG"))?;
         let mut me = Self {
             ebpf,
+            _config: config,
             dir: dir.to_owned(),
             cgroup: cgroup.to_owned(),
             cgroup_id,

@@ -1,1 +1,550 @@
-//! Helpers for the privileged end-to-end tests.
+//! Harness for the privileged end-to-end tests: a unique child cgroup per test,
+//! the real agent binary attached to it with its own bpffs pin directory, real
+//! servers on loopback, and real client processes moved into the cgroup before
+//! they create a socket.
+//!
+//! Safety rules (see docs/testing.md): tests never attach at the cgroup v2 root,
+//! protect only loopback addresses, pin under `/sys/fs/bpf/portcullis-test-*`,
+//! and clean up in `Drop` even when the test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// True when running under CI (CI=true): a privileged test that cannot run fails.
+pub fn ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// Returns false (after printing why) when this test cannot run here; panics under CI.
+pub fn privileged(test: &str) -> bool {
+    let why = if !nix::unistd::geteuid().is_root() {
+        Some("needs root (eBPF programs, cgroups)".to_string())
+    } else if cgroup2_root().is_none() {
+        Some("no cgroup v2 hierarchy is mounted".to_string())
+    } else if !agent_bin().exists() {
+        Some(format!("agent binary {} not built (run `cargo xtask test`)", agent_bin().display()))
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(w) if ci() => panic!("{test}: cannot run under CI=true: {w}"),
+        Some(w) => {
+            eprintln!("SKIP {test}: {w}");
+            false
+        }
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTCULLIS_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join("portcullis")
+}
+
+pub fn client_py() -> PathBuf {
+    repo_root().join("tests").join("clients").join("client.py")
+}
+
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mnt = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mnt))
+        })
+        .collect();
+    found.sort_by_key(|p| p.components().count());
+    found.into_iter().next()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `portcullis-test-<pid>-<n>.slice` with child `<name>.service` cgroups. The agent
+/// attaches to the slice; clients run in the units.
+pub struct TestCgroup {
+    pub slice: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        let root = cgroup2_root().expect("cgroup v2 root");
+        let slice = root.join(format!("{}.slice", unique("portcullis-test")));
+        std::fs::create_dir_all(&slice).expect("create test cgroup");
+        Self { slice }
+    }
+
+    /// A child cgroup named `<name>.service` (created on first use).
+    pub fn unit(&self, name: &str) -> PathBuf {
+        let p = self.slice.join(format!("{name}.service"));
+        std::fs::create_dir_all(&p).expect("create unit cgroup");
+        p
+    }
+
+    pub fn id(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.ino()).expect("cgroup id")
+    }
+
+    pub fn procs(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.slice.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        stack.push(e.path());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = self.procs();
+            if procs.is_empty() {
+                break;
+            }
+            for p in procs {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.slice) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.slice);
+    }
+}
+
+/// Runs `args` inside cgroup `cg`: the shell joins the cgroup, then execs, so the
+/// client's sockets are created inside it.
+pub fn in_cgroup(cg: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+        .arg(cg)
+        .args(args);
+    c
+}
+
+/// Runs the python client in `cg` and returns its JSON line.
+pub fn client(cg: &Path, args: &[&str]) -> Value {
+    let py = client_py();
+    let mut all = vec!["python3", py.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let out = in_cgroup(cg, &all)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
+        panic!(
+            "client {args:?} printed no JSON (status {:?}); stdout: {stdout}; stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).expect("client JSON")
+}
+
+/// How the test server answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Read to EOF, write everything back, close.
+    Echo,
+    /// Read to EOF, reply with the hex sha256 of what was read.
+    Sha256,
+}
+
+/// A loopback TCP server in the test process (outside the test cgroup). It counts
+/// connections and flags any whose client socket belongs to a process inside the
+/// watched cgroup: such a connection reached the server without the agent.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicU64>,
+    pub direct_from_cgroup: Arc<AtomicU64>,
+    pub bytes: Arc<AtomicU64>,
+}
+
+impl Server {
+    pub fn start(bind: &str, reply: Reply, watch: Option<PathBuf>) -> Self {
+        let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind test server {bind}: {e}"));
+        let addr = l.local_addr().expect("server addr");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let direct = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (a, d, b) = (accepted.clone(), direct.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                a.fetch_add(1, Ordering::Relaxed);
+                if let (Some(cg), Ok(peer)) = (&watch, s.peer_addr()) {
+                    if peer_owned_by_cgroup(peer, cg) {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let b = b.clone();
+                std::thread::spawn(move || serve_one(&mut s, reply, &b));
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            direct_from_cgroup: direct,
+            bytes,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+fn serve_one(s: &mut TcpStream, reply: Reply, bytes: &AtomicU64) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut all = Vec::new();
+    let mut h = Sha256::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                match reply {
+                    Reply::Echo => all.extend_from_slice(&buf[..n]),
+                    Reply::Sha256 => h.update(&buf[..n]),
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = match reply {
+        Reply::Echo => s.write_all(&all),
+        Reply::Sha256 => {
+            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            s.write_all(hex.as_bytes())
+        }
+    };
+}
+
+/// Is the socket at `peer` (the client end of a connection to us) owned by a
+/// process in cgroup `cg` (or below)?
+fn peer_owned_by_cgroup(peer: SocketAddr, cg: &Path) -> bool {
+    let Some(inode) = socket_inode(peer) else {
+        return false;
+    };
+    let needle = format!("socket:[{inode}]");
+    let mut pids = Vec::new();
+    let mut stack = vec![cg.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(t.lines().map(str::to_string));
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    pids.iter().any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| std::fs::read_link(e.path()).map(|l| l.to_string_lossy() == needle).unwrap_or(false))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Inode of the local socket bound to `addr`, from /proc/net/tcp{,6}.
+fn socket_inode(addr: SocketAddr) -> Option<u64> {
+    let (file, want) = match addr {
+        SocketAddr::V4(a) => (
+            "/proc/net/tcp",
+            format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port()),
+        ),
+        SocketAddr::V6(a) => {
+            let o = a.ip().octets();
+            let words: String = o
+                .chunks(4)
+                .map(|c| format!("{:08X}", u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect();
+            ("/proc/net/tcp6", format!("{words}:{:04X}", a.port()))
+        }
+    };
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1)? == &want).then(|| f.get(9)?.parse().ok()).flatten()
+    })
+}
+
+/// Options for one agent run.
+pub struct AgentOpts {
+    /// Run the agent itself inside this cgroup (proves its upstream sockets are exempt).
+    pub agent_cgroup: Option<PathBuf>,
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for AgentOpts {
+    fn default() -> Self {
+        Self {
+            agent_cgroup: None,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+/// The real agent binary attached to a test cgroup, with its own pins and state.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub bpffs: PathBuf,
+    pub port: u16,
+    pub cgroup: PathBuf,
+    opts_cgroup: Option<PathBuf>,
+}
+
+impl Agent {
+    pub fn start(cgroup: &Path, policy: &str, opts: AgentOpts) -> Self {
+        let dir = TempDir::new("portcullis-test-agent");
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(unique("portcullis-test"));
+        let port = free_port();
+        let pol = dir.0.join("policies");
+        std::fs::create_dir_all(&pol).expect("policy dir");
+        std::fs::write(pol.join("test.yaml"), policy).expect("write policy");
+        let config = dir.0.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "policy_dir: {}\nstate_dir: {}\nruntime_dir: {}\nbpffs_dir: {}\ncgroup: {}\nlisten_port: {port}\nidle_timeout_secs: {}\n",
+                pol.display(),
+                dir.0.join("state").display(),
+                dir.0.join("run").display(),
+                bpffs.display(),
+                cgroup.display(),
+                opts.idle_timeout_secs,
+            ),
+        )
+        .expect("write agent config");
+        let mut a = Self {
+            child: None,
+            dir,
+            config,
+            bpffs,
+            port,
+            cgroup: cgroup.to_owned(),
+            opts_cgroup: opts.agent_cgroup,
+        };
+        a.spawn();
+        a
+    }
+
+    /// Starts (or restarts) the agent process and waits until it says ready.
+    pub fn spawn(&mut self) {
+        let bin = agent_bin();
+        let bin_s = bin.to_str().expect("utf-8 path");
+        let cfg_s = self.config.to_str().expect("utf-8 path");
+        let mut cmd = match &self.opts_cgroup {
+            Some(cg) => in_cgroup(cg, &[bin_s, "run", "--config", cfg_s]),
+            None => {
+                let mut c = Command::new(&bin);
+                c.args(["run", "--config", cfg_s]);
+                c
+            }
+        };
+        let log = std::fs::File::create(self.dir.0.join("agent.log")).expect("agent log");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn agent");
+        let stdout = child.stdout.take().expect("agent stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if line.contains("ready") {
+                    let _ = tx.send(());
+                }
+                line.clear();
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("agent did not become ready in 30 s; log:\n{}", self.log());
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(agent_bin())
+            .args(args)
+            .args(["--config", self.config.to_str().expect("utf-8 path")])
+            .output()
+            .expect("run portcullis CLI")
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status()["kernel_counters"][name].as_u64().unwrap_or(0)
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.0.join("state").join("audit").join("audit.jsonl")
+    }
+
+    /// All audit records so far (waits briefly for the writer).
+    pub fn audit(&self) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(150));
+        std::fs::read_to_string(self.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Connection records, waiting up to 5 s until at least `n` exist.
+    pub fn connections(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v: Vec<Value> = self.audit().into_iter().filter(|r| r["event"] == "connection").collect();
+            if v.len() >= n || Instant::now() > deadline {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Explicit, audited removal of this test's enforcement.
+        let _ = self.cli(&["detach", "--yes"]);
+        remove_tree(&self.bpffs);
+    }
+}
+
+/// Removes a bpffs pin tree (pins are files and directories).
+pub fn remove_tree(p: &Path) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                remove_tree(&path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+/// A one-target, one-or-more-rule policy for tests.
+pub fn policy(target_addrs: &[&str], ports: &[u16], workloads: &str, rules: &str) -> String {
+    let addrs: Vec<String> = target_addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "apiVersion: portcullis.dev/v0\nworkloads:\n{workloads}\ntargets:\n  - name: svc\n    addresses: [{}]\n    ports: [{}]\n    protocol: tcp\nrules:\n{rules}\n",
+        addrs.join(", "),
+        ports.join(", ")
+    )
+}
