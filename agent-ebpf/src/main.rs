@@ -19,8 +19,8 @@
 #[cfg(target_arch = "bpf")]
 mod prog {
     use agent_common::{
-        AF_INET, AF_INET6, COMM_LEN, Config, ConnInfo, Event, ExecInfo, IPPROTO_TCP,
-        IPPROTO_UDP, TargetKey, TargetValue, TupleKey, counter, event_kind, mapped_v4, verdict,
+        AF_INET, AF_INET6, COMM_LEN, Config, ConnInfo, Event, ExecInfo, IPPROTO_TCP, IPPROTO_UDP,
+        TargetKey, TargetValue, TupleKey, counter, event_kind, mapped_v4, verdict,
     };
     use aya_ebpf::{
         EbpfContext,
@@ -290,7 +290,12 @@ mod prog {
                 unsafe {
                     let mut j = 0;
                     while j < 4 {
-                        let w = u32::from_ne_bytes([new[j * 4], new[j * 4 + 1], new[j * 4 + 2], new[j * 4 + 3]]);
+                        let w = u32::from_ne_bytes([
+                            new[j * 4],
+                            new[j * 4 + 1],
+                            new[j * 4 + 2],
+                            new[j * 4 + 3],
+                        ]);
                         write_volatile(&mut (*sa).user_ip6[j], w);
                         j += 1;
                     }

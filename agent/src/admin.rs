@@ -14,7 +14,9 @@ use crate::state::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("admin socket {path}: {source}\nhint: is the agent running (systemctl status portcullis)? are you root?")]
+    #[error(
+        "admin socket {path}: {source}\nhint: is the agent running (systemctl status portcullis)? are you root?"
+    )]
     Connect {
         path: String,
         source: std::io::Error,
@@ -66,7 +68,9 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) -> std::io::Result<()> 
             Ok(removed) => json!({"ok": true, "removed": removed}),
             Err(e) => json!({"ok": false, "error": e}),
         },
-        other => json!({"ok": false, "error": format!("unknown command `{other}`; known: status, flows, reload, detach")}),
+        other => {
+            json!({"ok": false, "error": format!("unknown command `{other}`; known: status, flows, reload, detach")})
+        }
     };
     let mut body = serde_json::to_vec(&reply).unwrap_or_default();
     body.push(b'\n');
@@ -76,18 +80,19 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) -> std::io::Result<()> 
 
 fn status(shared: &Shared) -> Value {
     let policy = shared.policy();
-    let (programs, counters, cgroup, cgroup_id, adopted, dir, hash) = match shared.enforcement.lock() {
-        Ok(e) => (
-            e.programs(),
-            e.counters(),
-            e.cgroup.display().to_string(),
-            e.cgroup_id,
-            e.adopted,
-            e.dir.display().to_string(),
-            e.object_hash.clone(),
-        ),
-        Err(_) => Default::default(),
-    };
+    let (programs, counters, cgroup, cgroup_id, adopted, dir, hash) =
+        match shared.enforcement.lock() {
+            Ok(e) => (
+                e.programs(),
+                e.counters(),
+                e.cgroup.display().to_string(),
+                e.cgroup_id,
+                e.adopted,
+                e.dir.display().to_string(),
+                e.object_hash.clone(),
+            ),
+            Err(_) => Default::default(),
+        };
     let s = &shared.stats;
     json!({
         "ok": true,
@@ -140,10 +145,11 @@ fn status(shared: &Shared) -> Value {
 pub fn request(socket: &Path, command: &str) -> Result<Value, AdminError> {
     use std::io::{Read, Write};
     let path = socket.display().to_string();
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|source| AdminError::Connect {
-        path: path.clone(),
-        source,
-    })?;
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| AdminError::Connect {
+            path: path.clone(),
+            source,
+        })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     s.write_all(format!("{command}\n").as_bytes())
         .map_err(|source| AdminError::Connect {
@@ -151,10 +157,11 @@ pub fn request(socket: &Path, command: &str) -> Result<Value, AdminError> {
             source,
         })?;
     let mut buf = String::new();
-    s.read_to_string(&mut buf).map_err(|source| AdminError::Connect {
-        path: path.clone(),
-        source,
-    })?;
+    s.read_to_string(&mut buf)
+        .map_err(|source| AdminError::Connect {
+            path: path.clone(),
+            source,
+        })?;
     serde_json::from_str(&buf).map_err(|e| AdminError::Protocol {
         path,
         message: format!("unreadable reply: {e}"),

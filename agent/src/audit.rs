@@ -134,7 +134,9 @@ impl AuditLog {
             "agent_version": env!("CARGO_PKG_VERSION"),
             "event": event,
         });
-        if let (Some(obj), Ok(Value::Object(extra))) = (v.as_object_mut(), serde_json::to_value(body)) {
+        if let (Some(obj), Ok(Value::Object(extra))) =
+            (v.as_object_mut(), serde_json::to_value(body))
+        {
             obj.extend(extra);
         }
         match self.tx.try_send(v) {
@@ -256,7 +258,10 @@ mod tests {
         log.record("test", json!({"a": 2})).expect("queued");
         log.flush(Duration::from_secs(5));
         let text = std::fs::read_to_string(&log.path).expect("read back");
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["a"], 2);
         assert_eq!(lines[0]["event"], "test");

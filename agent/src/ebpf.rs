@@ -36,7 +36,8 @@ use sha2::{Digest, Sha256};
 use crate::policy::CompiledPolicy;
 
 /// The kernel object, built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-ebpf"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portcullis-ebpf"));
 
 /// Bumped whenever a map's key or value layout changes, so an upgrade never reuses
 /// a pinned map of another layout.
@@ -149,7 +150,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
 
 fn is_bpffs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 
@@ -171,12 +172,15 @@ pub fn cgroup2_root() -> Result<PathBuf, EbpfError> {
     found.sort_by_key(|p| p.components().count());
     found.into_iter().next().ok_or_else(|| EbpfError::Cgroup {
         path: "/proc/self/mountinfo".into(),
-        reason: "no cgroup2 filesystem is mounted (mount it, e.g. at /sys/fs/cgroup/unified)".into(),
+        reason: "no cgroup2 filesystem is mounted (mount it, e.g. at /sys/fs/cgroup/unified)"
+            .into(),
     })
 }
 
 fn unescape_mount(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\134", "\\")
 }
 
 /// The cgroup v2 id of a cgroup directory (its inode number).
@@ -196,7 +200,8 @@ impl Enforcement {
         ensure_bpffs(dir)?;
         let maps_dir = dir.join(MAP_LAYOUT);
         for d in [&maps_dir, &dir.join("links")] {
-            std::fs::create_dir_all(d).map_err(|e| EbpfError::Bpffs(format!("creating {}: {e}", d.display())))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| EbpfError::Bpffs(format!("creating {}: {e}", d.display())))?;
         }
         let cgroup_id = cgroup_id(cgroup)?;
         let mut loader = EbpfLoader::new();
@@ -212,13 +217,17 @@ impl Enforcement {
         };
         let mut config: Array<MapData, Config> =
             Array::try_from(take(&mut ebpf, "PC_CONFIG")?).map_err(map_err("PC_CONFIG"))?;
-        let targets = LpmTrie::try_from(take(&mut ebpf, "PC_TARGETS")?).map_err(map_err("PC_TARGETS"))?;
-        let target_addrs =
-            LpmTrie::try_from(take(&mut ebpf, "PC_TARGET_ADDRS")?).map_err(map_err("PC_TARGET_ADDRS"))?;
-        let tuples = HashMap::try_from(take(&mut ebpf, "PC_TUPLES")?).map_err(map_err("PC_TUPLES"))?;
+        let targets =
+            LpmTrie::try_from(take(&mut ebpf, "PC_TARGETS")?).map_err(map_err("PC_TARGETS"))?;
+        let target_addrs = LpmTrie::try_from(take(&mut ebpf, "PC_TARGET_ADDRS")?)
+            .map_err(map_err("PC_TARGET_ADDRS"))?;
+        let tuples =
+            HashMap::try_from(take(&mut ebpf, "PC_TUPLES")?).map_err(map_err("PC_TUPLES"))?;
         let execs = HashMap::try_from(take(&mut ebpf, "PC_EXECS")?).map_err(map_err("PC_EXECS"))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "PC_COUNTERS")?).map_err(map_err("PC_COUNTERS"))?;
-        let events = RingBuf::try_from(take(&mut ebpf, "PC_EVENTS")?).map_err(map_err("PC_EVENTS"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "PC_COUNTERS")?)
+            .map_err(map_err("PC_COUNTERS"))?;
+        let events =
+            RingBuf::try_from(take(&mut ebpf, "PC_EVENTS")?).map_err(map_err("PC_EVENTS"))?;
         config.set(0, cfg, 0).map_err(map_err("PC_CONFIG"))?;
         let mut me = Self {
             ebpf,
@@ -246,7 +255,16 @@ impl Enforcement {
             .targets
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, v)| ((u16::from_be_bytes(k.data().port), k.data().addr, k.prefix_len() as u8), v))
+            .map(|(k, v)| {
+                (
+                    (
+                        u16::from_be_bytes(k.data().port),
+                        k.data().addr,
+                        k.prefix_len() as u8,
+                    ),
+                    v,
+                )
+            })
             .collect();
         self.installed_addrs = self
             .target_addrs
@@ -263,7 +281,11 @@ impl Enforcement {
         let mut want = BTreeMap::new();
         let mut want_addrs = BTreeMap::new();
         for t in &policy.targets {
-            let ports: Vec<u16> = if t.ports.is_empty() { vec![0] } else { t.ports.clone() };
+            let ports: Vec<u16> = if t.ports.is_empty() {
+                vec![0]
+            } else {
+                t.ports.clone()
+            };
             for p in &t.prefixes {
                 want_addrs.insert((p.addr, p.len), 1u32);
                 for port in &ports {
@@ -290,7 +312,9 @@ impl Enforcement {
                     addr: *addr,
                 },
             );
-            self.targets.insert(&key, *v, 0).map_err(map_err("PC_TARGETS"))?;
+            self.targets
+                .insert(&key, *v, 0)
+                .map_err(map_err("PC_TARGETS"))?;
         }
         for (port, addr, len) in self.installed.keys() {
             if !want.contains_key(&(*port, *addr, *len)) {
@@ -316,7 +340,9 @@ impl Enforcement {
 
     fn link_pin(&self, prog: &str, hash: &str) -> PathBuf {
         let short = hash.get(..12).unwrap_or(hash);
-        self.dir.join("links").join(format!("{prog}-{}-{short}", self.cgroup_id))
+        self.dir
+            .join("links")
+            .join(format!("{prog}-{}-{short}", self.cgroup_id))
     }
 
     /// Attaches (or adopts) the enforcement programs and pins their links, then
@@ -335,12 +361,17 @@ impl Enforcement {
             }
             adopted_all = false;
             let prog_err = |source| EbpfError::Program { name, source };
-            let program = self.ebpf.program_mut(name).ok_or(EbpfError::MissingProgram(name))?;
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::MissingProgram(name))?;
             let fd_link: FdLink = match name {
                 "pc_connect4" | "pc_connect6" => {
                     let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
                     p.load().map_err(prog_err)?;
-                    let id = p.attach(&cgroup_file, CgroupAttachMode::Single).map_err(prog_err)?;
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::Single)
+                        .map_err(prog_err)?;
                     let link = p.take_link(id).map_err(prog_err)?;
                     FdLink::try_from(link).map_err(|e| EbpfError::Pin {
                         path: pin.clone(),
@@ -350,7 +381,9 @@ impl Enforcement {
                 "pc_sockops" => {
                     let p: &mut SockOps = program.try_into().map_err(prog_err)?;
                     p.load().map_err(prog_err)?;
-                    let id = p.attach(&cgroup_file, CgroupAttachMode::Single).map_err(prog_err)?;
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::Single)
+                        .map_err(prog_err)?;
                     let link = p.take_link(id).map_err(prog_err)?;
                     FdLink::try_from(link).map_err(|e| EbpfError::Pin {
                         path: pin.clone(),
@@ -361,7 +394,11 @@ impl Enforcement {
                     let p: &mut CgroupSkb = program.try_into().map_err(prog_err)?;
                     p.load().map_err(prog_err)?;
                     let id = p
-                        .attach(&cgroup_file, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                        .attach(
+                            &cgroup_file,
+                            CgroupSkbAttachType::Egress,
+                            CgroupAttachMode::Single,
+                        )
                         .map_err(prog_err)?;
                     let link = p.take_link(id).map_err(prog_err)?;
                     FdLink::try_from(link).map_err(|e| EbpfError::Pin {
@@ -400,10 +437,19 @@ impl Enforcement {
             .program_mut("pc_exec")
             .ok_or(EbpfError::MissingProgram("pc_exec"))?
             .try_into()
-            .map_err(|source| EbpfError::Program { name: "pc_exec", source })?;
-        tp.load().map_err(|source| EbpfError::Program { name: "pc_exec", source })?;
+            .map_err(|source| EbpfError::Program {
+                name: "pc_exec",
+                source,
+            })?;
+        tp.load().map_err(|source| EbpfError::Program {
+            name: "pc_exec",
+            source,
+        })?;
         tp.attach("sched", "sched_process_exec")
-            .map_err(|source| EbpfError::Program { name: "pc_exec", source })?;
+            .map_err(|source| EbpfError::Program {
+                name: "pc_exec",
+                source,
+            })?;
         Ok(())
     }
 
@@ -491,9 +537,12 @@ pub fn parse_event(b: &[u8]) -> Option<Event> {
     if b.len() < std::mem::size_of::<Event>() {
         return None;
     }
-    let u32_at = |o: usize| -> Option<u32> { Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?)) };
-    let u64_at = |o: usize| -> Option<u64> { Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?)) };
-    let u16_at = |o: usize| -> Option<u16> { Some(u16::from_ne_bytes(b.get(o..o + 2)?.try_into().ok()?)) };
+    let u32_at =
+        |o: usize| -> Option<u32> { Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?)) };
+    let u64_at =
+        |o: usize| -> Option<u64> { Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?)) };
+    let u16_at =
+        |o: usize| -> Option<u16> { Some(u16::from_ne_bytes(b.get(o..o + 2)?.try_into().ok()?)) };
     let c = 16;
     let mut comm = [0u8; COMM_LEN];
     comm.copy_from_slice(b.get(c + 80..c + 96)?);

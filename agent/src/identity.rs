@@ -81,10 +81,10 @@ impl CgroupResolver {
     }
 
     pub fn path_of(&self, id: u64) -> Option<String> {
-        if let Ok(c) = self.cache.lock() {
-            if let Some(p) = c.get(&id) {
-                return Some(p.clone());
-            }
+        if let Ok(c) = self.cache.lock()
+            && let Some(p) = c.get(&id)
+        {
+            return Some(p.clone());
         }
         // Walk the hierarchy once, filling the cache with every directory seen.
         let mut found = None;
@@ -94,12 +94,18 @@ impl CgroupResolver {
             if seen.len() > 100_000 {
                 break;
             }
-            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
             let rel = dir
                 .strip_prefix(&self.root)
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_else(|_| "/".into());
-            let rel = if rel == "/" { rel } else { rel.trim_end_matches('/').to_string() };
+            let rel = if rel == "/" {
+                rel
+            } else {
+                rel.trim_end_matches('/').to_string()
+            };
             if meta.ino() == id {
                 found = Some(rel.clone());
             }
@@ -187,13 +193,14 @@ pub fn resolve(conn: &ConnInfo, exec: Option<ExecInfo>, cgroups: &CgroupResolver
         .ok()
         .flatten()
         .map(|g| g.name);
-    if let Some(e) = exec {
-        if conn.exec_ktime_ns != 0 && e.ktime_ns == conn.exec_ktime_ns {
-            let path = cstr(&e.exe);
-            if !path.is_empty() {
-                a.exe = Some(path);
-                a.exe_source = Some("exec");
-            }
+    if let Some(e) = exec
+        && conn.exec_ktime_ns != 0
+        && e.ktime_ns == conn.exec_ktime_ns
+    {
+        let path = cstr(&e.exe);
+        if !path.is_empty() {
+            a.exe = Some(path);
+            a.exe_source = Some("exec");
         }
     }
     // /proc is trusted only for the process that connected: same pid, started
@@ -204,7 +211,10 @@ pub fn resolve(conn: &ConnInfo, exec: Option<ExecInfo>, cgroups: &CgroupResolver
         a.start_boot_ns = start;
         let base = PathBuf::from(format!("/proc/{pid}"));
         if let Ok(exe) = std::fs::read_link(base.join("exe")) {
-            let exe = exe.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+            let exe = exe
+                .to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string();
             // A relative or script path from exec is less useful than the resolved one.
             if a.exe.as_deref().is_none_or(|e| !e.starts_with('/')) {
                 a.exe = Some(exe);
@@ -256,13 +266,19 @@ mod tests {
         let p = "/system.slice/reporting.service";
         assert_eq!(
             unit_and_slice(p),
-            (Some("reporting.service".into()), Some("system.slice".into()))
+            (
+                Some("reporting.service".into()),
+                Some("system.slice".into())
+            )
         );
         let id = "a".repeat(64);
         let p = format!("/system.slice/docker-{id}.scope");
         assert_eq!(container_id(&p), Some(id.clone()));
         assert_eq!(unit_and_slice(&p).0, Some(format!("docker-{id}.scope")));
-        assert_eq!(container_id("/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(
+            container_id("/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
     }
 
     #[test]
@@ -294,7 +310,10 @@ mod tests {
         assert!(!a.exited);
         assert!(a.exe.is_some());
         // A connect that happened before this process started is not ours.
-        let early = ConnInfo { ktime_ns: 1, ..conn };
+        let early = ConnInfo {
+            ktime_ns: 1,
+            ..conn
+        };
         let a = resolve(&early, None, &CgroupResolver::new("/nonexistent".into()));
         assert!(a.exited && a.exe.is_none() && a.cmdline.is_none());
     }

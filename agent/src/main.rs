@@ -22,7 +22,11 @@ use serde_json::{Value, json};
 use crate::config::{AgentConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Host enforcement agent: kernel redirect, policy, audit")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Host enforcement agent: kernel redirect, policy, audit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,7 +97,9 @@ impl AgentTarget {
     fn config(&self) -> Result<Option<AgentConfig>, config::ConfigError> {
         match &self.config {
             Some(p) => AgentConfig::load(p).map(Some),
-            None if Path::new(DEFAULT_CONFIG).exists() => AgentConfig::load(Path::new(DEFAULT_CONFIG)).map(Some),
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                AgentConfig::load(Path::new(DEFAULT_CONFIG)).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -111,8 +117,11 @@ impl AgentTarget {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Text => b.try_init(),
@@ -135,7 +144,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let cfg = AgentConfig::load(&config)?;
             init_tracing(cfg.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(run::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -175,7 +186,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 for e in &errs.0 {
                     eprintln!("error: {e}");
                 }
-                eprintln!("{} error(s); the policy set is refused as a whole", errs.0.len());
+                eprintln!(
+                    "{} error(s); the policy set is refused as a whole",
+                    errs.0.len()
+                );
                 Ok(ExitCode::FAILURE)
             }
         },
@@ -183,7 +197,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: PolicyCommand::Reload { target },
         } => {
             let v = admin::request(&target.socket()?, "reload")?;
-            reply_ok(&v, |v| println!("reloaded; policy sha256 {}", v["policy_hash"].as_str().unwrap_or("?")))
+            reply_ok(&v, |v| {
+                println!(
+                    "reloaded; policy sha256 {}",
+                    v["policy_hash"].as_str().unwrap_or("?")
+                )
+            })
         }
         Command::Detach { target, yes } => {
             if !yes {
@@ -202,7 +221,10 @@ fn reply_ok(v: &Value, on_ok: impl FnOnce(&Value)) -> anyhow::Result<ExitCode> {
         on_ok(v);
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("portcullis: the agent refused: {}", v["error"].as_str().unwrap_or("unknown error"));
+        eprintln!(
+            "portcullis: the agent refused: {}",
+            v["error"].as_str().unwrap_or("unknown error")
+        );
         Ok(ExitCode::FAILURE)
     }
 }
@@ -246,16 +268,37 @@ fn detach(target: &AgentTarget) -> anyhow::Result<ExitCode> {
 
 fn print_status(v: &Value) {
     let e = &v["enforcement"];
-    println!("portcullis {} (pid {}), up {}s", v["version"].as_str().unwrap_or("?"), v["pid"], v["uptime_secs"]);
-    println!("cgroup:    {} (id {})", e["cgroup"].as_str().unwrap_or("?"), e["cgroup_id"]);
-    println!("pins:      {} (adopted: {})", e["bpffs_dir"].as_str().unwrap_or("?"), e["adopted_from_pins"]);
+    println!(
+        "portcullis {} (pid {}), up {}s",
+        v["version"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["uptime_secs"]
+    );
+    println!(
+        "cgroup:    {} (id {})",
+        e["cgroup"].as_str().unwrap_or("?"),
+        e["cgroup_id"]
+    );
+    println!(
+        "pins:      {} (adopted: {})",
+        e["bpffs_dir"].as_str().unwrap_or("?"),
+        e["adopted_from_pins"]
+    );
     if let Some(progs) = e["programs"].as_array() {
         for p in progs {
-            let state = if p["pinned"].as_bool() == Some(true) { "attached, pinned" } else { "NOT PINNED" };
+            let state = if p["pinned"].as_bool() == Some(true) {
+                "attached, pinned"
+            } else {
+                "NOT PINNED"
+            };
             println!("  {:<12} {state}", p["name"].as_str().unwrap_or("?"));
         }
     }
-    println!("listen:    {} {}", v["listen"]["v4"].as_str().unwrap_or(""), v["listen"]["v6"].as_str().unwrap_or(""));
+    println!(
+        "listen:    {} {}",
+        v["listen"]["v4"].as_str().unwrap_or(""),
+        v["listen"]["v6"].as_str().unwrap_or("")
+    );
     if let Some(c) = v["kernel_counters"].as_object() {
         let parts: Vec<String> = c.iter().map(|(k, n)| format!("{k}={n}")).collect();
         println!("kernel:    {}", parts.join(" "));
@@ -288,7 +331,10 @@ fn print_flows(v: &Value) {
         println!("no flows");
         return;
     };
-    println!("{:>7} {:>6} {:>6} {:>6}  {:<6} {:<28} {:<5} {:<30} CGROUP", "CONNECTS", "REDIR", "PASS", "DENY", "PROTO", "DESTINATION", "UID", "EXE");
+    println!(
+        "{:>7} {:>6} {:>6} {:>6}  {:<6} {:<28} {:<5} {:<30} CGROUP",
+        "CONNECTS", "REDIR", "PASS", "DENY", "PROTO", "DESTINATION", "UID", "EXE"
+    );
     for f in flows {
         println!(
             "{:>8} {:>6} {:>6} {:>6}  {:<6} {:<28} {:<5} {:<30} {}",

@@ -305,7 +305,8 @@ impl CompiledSelector {
         let pat = |field: &str, v: &Option<String>| -> Result<Option<glob::Pattern>, String> {
             v.as_deref()
                 .map(|s| {
-                    glob::Pattern::new(s).map_err(|e| format!("`{field}: {s}` is not a valid glob: {e}"))
+                    glob::Pattern::new(s)
+                        .map_err(|e| format!("`{field}: {s}` is not a valid glob: {e}"))
                 })
                 .transpose()
         };
@@ -405,14 +406,21 @@ impl CompiledPolicy {
         let mut hasher = Sha256::new();
         let mut parsed = Vec::new();
         for (path, text) in sources {
-            hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            hasher.update(
+                path.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
             match serde_yaml_ng::from_str::<PolicyFile>(text) {
                 Ok(pf) => parsed.push((path.clone(), pf)),
                 Err(e) => {
-                    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+                    let (line, column) = e
+                        .location()
+                        .map(|l| (l.line(), l.column()))
+                        .unwrap_or((0, 0));
                     errors.push(PolicyError::Syntax {
                         path: path.clone(),
                         line,
@@ -443,7 +451,10 @@ impl CompiledPolicy {
             }
             for w in &pf.workloads {
                 if wl_index.contains_key(&w.name) {
-                    errors.push(invalid(path, format!("workload `{}` is defined twice", w.name)));
+                    errors.push(invalid(
+                        path,
+                        format!("workload `{}` is defined twice", w.name),
+                    ));
                     continue;
                 }
                 let _ = &w.description;
@@ -460,12 +471,18 @@ impl CompiledPolicy {
             }
             for t in &pf.targets {
                 if tg_index.contains_key(&t.name) {
-                    errors.push(invalid(path, format!("target `{}` is defined twice", t.name)));
+                    errors.push(invalid(
+                        path,
+                        format!("target `{}` is defined twice", t.name),
+                    ));
                     continue;
                 }
                 let _ = &t.description;
                 if t.addresses.is_empty() {
-                    errors.push(invalid(path, format!("target `{}` has no addresses", t.name)));
+                    errors.push(invalid(
+                        path,
+                        format!("target `{}` has no addresses", t.name),
+                    ));
                     continue;
                 }
                 let mut prefixes = Vec::new();
@@ -498,7 +515,10 @@ impl CompiledPolicy {
             for r in &pf.rules {
                 let _ = &r.description;
                 if r.id == DEFAULT_DENY || !rule_ids.insert(r.id.clone()) {
-                    errors.push(invalid(path, format!("rule id `{}` is used twice or reserved", r.id)));
+                    errors.push(invalid(
+                        path,
+                        format!("rule id `{}` is used twice or reserved", r.id),
+                    ));
                 }
                 let mut ws = Vec::new();
                 for w in &r.workloads {
@@ -523,7 +543,10 @@ impl CompiledPolicy {
                 if r.workloads.is_empty() || r.targets.is_empty() {
                     errors.push(invalid(
                         path,
-                        format!("rule `{}` must name at least one workload and one target", r.id),
+                        format!(
+                            "rule `{}` must name at least one workload and one target",
+                            r.id
+                        ),
                     ));
                 }
                 rules.push(Rule {
@@ -598,9 +621,10 @@ pub fn evaluate(policy: &CompiledPolicy, subject: &Subject, target: u32) -> Deci
         .iter()
         .map(|i| policy.workloads[*i].name.clone())
         .collect();
-    let candidates = policy.rules.iter().filter(|r| {
-        r.targets.contains(&target) && r.workloads.iter().any(|w| matched.contains(w))
-    });
+    let candidates = policy
+        .rules
+        .iter()
+        .filter(|r| r.targets.contains(&target) && r.workloads.iter().any(|w| matched.contains(w)));
     let mut allow: Option<&Rule> = None;
     let mut deny: Option<&Rule> = None;
     for r in candidates {
@@ -612,7 +636,11 @@ pub fn evaluate(policy: &CompiledPolicy, subject: &Subject, target: u32) -> Deci
     }
     match (deny, allow) {
         (Some(r), _) => Decision {
-            effect: if r.mode == Mode::Monitor { Effect::Allow } else { Effect::Deny },
+            effect: if r.mode == Mode::Monitor {
+                Effect::Allow
+            } else {
+                Effect::Deny
+            },
             decided: Effect::Deny,
             rule: r.id.clone(),
             mode: r.mode,
@@ -716,9 +744,19 @@ rules:
 
     #[test]
     fn monitor_mode_lets_through_but_records() {
-        let text = BASE.replace("apiVersion: portcullis.dev/v0", "apiVersion: portcullis.dev/v0\nmode: monitor");
+        let text = BASE.replace(
+            "apiVersion: portcullis.dev/v0",
+            "apiVersion: portcullis.dev/v0\nmode: monitor",
+        );
         let p = compile(&text).expect("valid");
-        let d = evaluate(&p, &Subject { uid: Some(5), ..Default::default() }, 0);
+        let d = evaluate(
+            &p,
+            &Subject {
+                uid: Some(5),
+                ..Default::default()
+            },
+            0,
+        );
         // Nothing matched: default deny is never softened by monitor mode.
         assert_eq!(d.effect, Effect::Deny);
         let s = Subject {
@@ -726,13 +764,19 @@ rules:
             ..Default::default()
         };
         let d = evaluate(&p, &s, 0);
-        assert_eq!((d.effect, d.decided, d.mode), (Effect::Allow, Effect::Deny, Mode::Monitor));
+        assert_eq!(
+            (d.effect, d.decided, d.mode),
+            (Effect::Allow, Effect::Deny, Mode::Monitor)
+        );
     }
 
     #[test]
     fn target_lookup_longest_prefix_and_ports() {
         let p = compile(BASE).expect("valid");
-        assert_eq!(p.target_for(&v4([10, 0, 4, 9]), 5432).map(|t| t.id), Some(0));
+        assert_eq!(
+            p.target_for(&v4([10, 0, 4, 9]), 5432).map(|t| t.id),
+            Some(0)
+        );
         assert!(p.target_for(&v4([10, 0, 4, 9]), 5433).is_none());
         assert!(p.target_for(&v4([10, 0, 5, 9]), 5432).is_none());
         let v6 = std::net::Ipv6Addr::LOCALHOST.octets();
@@ -758,7 +802,13 @@ rules:
     effect: allow
 "#;
         let errs = compile(text).expect_err("invalid").to_string();
-        for want in ["`match` is empty", "host bits", "not an IP", "port 0", "workload `missing`"] {
+        for want in [
+            "`match` is empty",
+            "host bits",
+            "not an IP",
+            "port 0",
+            "workload `missing`",
+        ] {
             assert!(errs.contains(want), "missing `{want}` in:\n{errs}");
         }
     }
@@ -773,7 +823,8 @@ rules:
 
     #[test]
     fn unknown_field_refused() {
-        let text = "apiVersion: portcullis.dev/v0\nworkloads:\n  - name: a\n    match: { uidd: 1 }\n";
+        let text =
+            "apiVersion: portcullis.dev/v0\nworkloads:\n  - name: a\n    match: { uidd: 1 }\n";
         let msg = compile(text).expect_err("typo").to_string();
         assert!(msg.contains("uidd"), "{msg}");
     }
@@ -783,6 +834,9 @@ rules:
         assert_eq!(Prefix::parse("10.0.0.0/8").map(|p| p.len), Ok(104));
         assert_eq!(Prefix::parse("::1").map(|p| p.len), Ok(128));
         assert!(Prefix::parse("10.0.0.0/33").is_err());
-        assert_eq!(Prefix::parse("10.1.0.0/16").map(|p| p.display()), Ok("10.1.0.0/16".to_string()));
+        assert_eq!(
+            Prefix::parse("10.1.0.0/16").map(|p| p.display()),
+            Ok("10.1.0.0/16".to_string())
+        );
     }
 }

@@ -101,7 +101,11 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let session = SessionId::new();
     let key = TupleKey::new(to_v6(peer.ip()), peer.port());
-    let conn = shared.enforcement.lock().ok().and_then(|mut e| e.take_conn(&key));
+    let conn = shared
+        .enforcement
+        .lock()
+        .ok()
+        .and_then(|mut e| e.take_conn(&key));
     let policy = shared.policy();
     let mut rec = ConnectionRecord {
         session_id: session.to_string(),
@@ -133,7 +137,11 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         drop(client);
         return;
     };
-    let exec = shared.enforcement.lock().ok().and_then(|e| e.exec_of(conn.tgid));
+    let exec = shared
+        .enforcement
+        .lock()
+        .ok()
+        .and_then(|e| e.exec_of(conn.tgid));
     let attribution = identity::resolve(&conn, exec, &shared.cgroups);
     let dst = from_v6(conn.orig_addr, conn.orig_port);
     rec.original_destination = Some(dst.to_string());
@@ -145,7 +153,8 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     match target {
         None => {
             rec.rule = "no-target";
-            rec.error = Some("destination is no longer a protected target of the policy in force".into());
+            rec.error =
+                Some("destination is no longer a protected target of the policy in force".into());
             rec.attribution = Some(&attribution);
             shared.stats.denied.fetch_add(1, Ordering::Relaxed);
             finish(&shared, &rec, started);
@@ -181,15 +190,28 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let Ok(_permit) = shared.conn_limit.clone().try_acquire_owned() else {
         rec.decision = "deny";
         rec.rule = "max-connections";
-        rec.error = Some(format!("more than {} connections at once", shared.cfg.max_connections));
+        rec.error = Some(format!(
+            "more than {} connections at once",
+            shared.cfg.max_connections
+        ));
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
         finish(&shared, &rec, started);
         return;
     };
-    rec.decision = if decision.decided == Effect::Deny { "would_deny" } else { "allow" };
+    rec.decision = if decision.decided == Effect::Deny {
+        "would_deny"
+    } else {
+        "allow"
+    };
     shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
 
-    let upstream = match dial(dst, shared.cfg.upstream_mark, Duration::from_millis(shared.cfg.connect_timeout_ms)).await {
+    let upstream = match dial(
+        dst,
+        shared.cfg.upstream_mark,
+        Duration::from_millis(shared.cfg.connect_timeout_ms),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             rec.end = "upstream_unreachable";
@@ -215,7 +237,10 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
 fn finish(shared: &Shared, rec: &ConnectionRecord<'_>, started: Instant) {
     let mut rec_json = serde_json::to_value(rec).unwrap_or_default();
     if let Some(o) = rec_json.as_object_mut() {
-        o.insert("duration_ms".into(), (started.elapsed().as_millis() as u64).into());
+        o.insert(
+            "duration_ms".into(),
+            (started.elapsed().as_millis() as u64).into(),
+        );
     }
     if let Err(e) = shared.audit.record("connection", rec_json) {
         tracing::error!(error = %e, "audit record lost");
@@ -234,7 +259,12 @@ pub async fn dial(dst: SocketAddr, mark: u32, timeout: Duration) -> Result<TcpSt
         .map_err(|e| format!("setting SO_MARK {mark:#x} (needs CAP_NET_ADMIN): {e}"))?;
     let stream = tokio::time::timeout(timeout, sock.connect(dst))
         .await
-        .map_err(|_| format!("connect to {dst} timed out after {} ms", timeout.as_millis()))?
+        .map_err(|_| {
+            format!(
+                "connect to {dst} timed out after {} ms",
+                timeout.as_millis()
+            )
+        })?
         .map_err(|e| format!("connect to {dst}: {e}"))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -326,7 +356,9 @@ pub fn bind(v4: Ipv4Addr, v6: Ipv6Addr, port: u16) -> std::io::Result<Vec<TcpLis
         s.listen(4096)
     }) {
         Ok(l) => out.push(l),
-        Err(e) => tracing::warn!(error = %e, "IPv6 listener unavailable; IPv6 protected connects will be refused"),
+        Err(e) => {
+            tracing::warn!(error = %e, "IPv6 listener unavailable; IPv6 protected connects will be refused")
+        }
     }
     Ok(out)
 }

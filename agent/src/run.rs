@@ -80,7 +80,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         port = cfg.listen_port,
         "enforcement active"
     );
-    let shared = Arc::new(Shared::new(cfg, enforcement, policy, audit, CgroupResolver::new(root)));
+    let shared = Arc::new(Shared::new(
+        cfg,
+        enforcement,
+        policy,
+        audit,
+        CgroupResolver::new(root),
+    ));
 
     for l in listeners {
         tokio::spawn(proxy::serve(shared.clone(), l));
@@ -141,7 +147,9 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<String, String> {
                 .and_then(|mut e| e.sync_targets(&p).map_err(|e| e.to_string()));
             if let Err(e) = res {
                 shared.stats.policy_rejects.fetch_add(1, Ordering::Relaxed);
-                let _ = shared.audit.record("policy_reject", json!({"trigger": trigger, "error": e}));
+                let _ = shared
+                    .audit
+                    .record("policy_reject", json!({"trigger": trigger, "error": e}));
                 return Err(e);
             }
             let hash = p.hash.clone();
@@ -239,7 +247,11 @@ fn handle_event(shared: &Shared, ev: &agent_common::Event) {
                 uid: ev.conn.uid,
                 cgroup,
                 destination: dst.to_string(),
-                protocol: if ev.proto == agent_common::IPPROTO_UDP { "udp" } else { "tcp" },
+                protocol: if ev.proto == agent_common::IPPROTO_UDP {
+                    "udp"
+                } else {
+                    "tcp"
+                },
             };
             if let Ok(mut f) = shared.flows.lock() {
                 f.add(key, ev.verdict, crate::audit::now_rfc3339());

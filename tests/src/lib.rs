@@ -33,7 +33,10 @@ pub fn privileged(test: &str) -> bool {
     } else if cgroup2_root().is_none() {
         Some("no cgroup v2 hierarchy is mounted".to_string())
     } else if !agent_bin().exists() {
-        Some(format!("agent binary {} not built (run `cargo xtask test`)", agent_bin().display()))
+        Some(format!(
+            "agent binary {} not built (run `cargo xtask test`)",
+            agent_bin().display()
+        ))
     } else {
         None
     };
@@ -48,7 +51,11 @@ pub fn privileged(test: &str) -> bool {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn repo_root() -> PathBuf {
@@ -168,7 +175,10 @@ impl Drop for TestCgroup {
                 break;
             }
             for p in procs {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -204,13 +214,17 @@ pub fn client(cg: &Path, args: &[&str]) -> Value {
         .output()
         .expect("run python client");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-        panic!(
-            "client {args:?} printed no JSON (status {:?}); stdout: {stdout}; stderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "client {args:?} printed no JSON (status {:?}); stdout: {stdout}; stderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     serde_json::from_str(line).expect("client JSON")
 }
 
@@ -245,10 +259,10 @@ impl Server {
             for s in l.incoming() {
                 let Ok(mut s) = s else { continue };
                 a.fetch_add(1, Ordering::Relaxed);
-                if let (Some(cg), Ok(peer)) = (&watch, s.peer_addr()) {
-                    if peer_owned_by_cgroup(peer, cg) {
-                        d.fetch_add(1, Ordering::Relaxed);
-                    }
+                if let (Some(cg), Ok(peer)) = (&watch, s.peer_addr())
+                    && peer_owned_by_cgroup(peer, cg)
+                {
+                    d.fetch_add(1, Ordering::Relaxed);
                 }
                 let b = b.clone();
                 std::thread::spawn(move || serve_one(&mut s, reply, &b));
@@ -314,8 +328,11 @@ fn peer_owned_by_cgroup(peer: SocketAddr, cg: &Path) -> bool {
     pids.iter().any(|pid| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|rd| {
-                rd.flatten()
-                    .any(|e| std::fs::read_link(e.path()).map(|l| l.to_string_lossy() == needle).unwrap_or(false))
+                rd.flatten().any(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy() == needle)
+                        .unwrap_or(false)
+                })
             })
             .unwrap_or(false)
     })
@@ -326,7 +343,11 @@ fn socket_inode(addr: SocketAddr) -> Option<u64> {
     let (file, want) = match addr {
         SocketAddr::V4(a) => (
             "/proc/net/tcp",
-            format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port()),
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(a.ip().octets()),
+                a.port()
+            ),
         ),
         SocketAddr::V6(a) => {
             let o = a.ip().octets();
@@ -340,7 +361,9 @@ fn socket_inode(addr: SocketAddr) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1)? == &want).then(|| f.get(9)?.parse().ok()).flatten()
+        (f.get(1)? == &want)
+            .then(|| f.get(9)?.parse().ok())
+            .flatten()
     })
 }
 
@@ -466,7 +489,11 @@ impl Agent {
 
     pub fn status(&self) -> Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
@@ -484,7 +511,10 @@ impl Agent {
         std::fs::read_to_string(self.audit_path())
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
@@ -492,7 +522,11 @@ impl Agent {
     pub fn connections(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let v: Vec<Value> = self.audit().into_iter().filter(|r| r["event"] == "connection").collect();
+            let v: Vec<Value> = self
+                .audit()
+                .into_iter()
+                .filter(|r| r["event"] == "connection")
+                .collect();
             if v.len() >= n || Instant::now() > deadline {
                 return v;
             }

@@ -7,9 +7,10 @@ use portcullis_tests::{Agent, AgentOpts, Reply, Server, TestCgroup, client, poli
 use serde_json::Value;
 
 const ALLOW_PY: &str = "  - name: py\n    match: { exe: \"*python3*\" }";
-const RULE_PY: &str = "  - id: py-allow\n    workloads: [py]\n    targets: [svc]\n    effect: allow";
+const RULE_PY: &str =
+    "  - id: py-allow\n    workloads: [py]\n    targets: [svc]\n    effect: allow";
 
-fn find_session<'a>(recs: &'a [Value], pid: u64) -> &'a Value {
+fn find_session(recs: &[Value], pid: u64) -> &Value {
     recs.iter()
         .find(|r| r["attribution"]["pid"].as_u64() == Some(pid))
         .unwrap_or_else(|| panic!("no connection record for pid {pid} in {recs:#?}"))
@@ -38,7 +39,12 @@ fn redirect_and_attribution_including_client_that_exits_at_once() {
     );
 
     let r = client(&unit, &["echo", "127.0.0.1", &port.to_string()]);
-    assert_eq!(r["ok"], true, "echo through the agent failed: {r}\n{}", agent.log());
+    assert_eq!(
+        r["ok"],
+        true,
+        "echo through the agent failed: {r}\n{}",
+        agent.log()
+    );
     assert_eq!(r["reply"], "ping");
     let pid = r["pid"].as_u64().expect("pid");
 
@@ -54,22 +60,41 @@ fn redirect_and_attribution_including_client_that_exits_at_once() {
     assert_eq!(a["uid"], 0);
     assert_eq!(a["cgroup_id"].as_u64(), Some(TestCgroup::id(&unit)));
     assert_eq!(a["unit"], "reporting.service");
-    assert!(a["slice"].as_str().is_some_and(|s| s.starts_with("portcullis-test")), "{a}");
-    assert!(a["exe"].as_str().is_some_and(|e| e.contains("python3")), "{a}");
+    assert!(
+        a["slice"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("portcullis-test")),
+        "{a}"
+    );
+    assert!(
+        a["exe"].as_str().is_some_and(|e| e.contains("python3")),
+        "{a}"
+    );
     assert!(rec["bytes_client_to_upstream"].as_u64() == Some(4), "{rec}");
 
     // The short-lived client: gone before the agent looked, yet fully attributed
     // from what the kernel captured at exec and connect.
     let rec = find_session(&recs, fast_pid);
     let a = &rec["attribution"];
-    assert!(a["exe"].as_str().is_some_and(|e| e.contains("python3")), "exe lost for exited client: {a}");
+    assert!(
+        a["exe"].as_str().is_some_and(|e| e.contains("python3")),
+        "exe lost for exited client: {a}"
+    );
     assert_eq!(a["unit"], "reporting.service");
     assert_eq!(a["comm"], "python3");
     assert_eq!(rec["decision"], "allow");
 
-    assert_eq!(server.direct_from_cgroup.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        server
+            .direct_from_cgroup
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     assert!(agent.counter("redirects") >= 2);
-    assert!(agent.counter("exempt") >= 2, "agent upstream connects were not exempt");
+    assert!(
+        agent.counter("exempt") >= 2,
+        "agent upstream connects were not exempt"
+    );
 }
 
 #[test]
@@ -81,14 +106,29 @@ fn ipv6_mapped_alias_and_fast_open() {
     let unit = cg.unit("client");
     let v4 = Server::start("0.0.0.0:0", Reply::Echo, Some(cg.slice.clone()));
     let port = v4.port();
-    let v6 = Server::start(&format!("[::1]:{port}"), Reply::Echo, Some(cg.slice.clone()));
+    let v6 = Server::start(
+        &format!("[::1]:{port}"),
+        Reply::Echo,
+        Some(cg.slice.clone()),
+    );
     let agent = Agent::start(
         &cg.slice,
-        &policy(&["127.0.1.0/24", "127.0.0.1", "::1"], &[port], ALLOW_PY, RULE_PY),
+        &policy(
+            &["127.0.1.0/24", "127.0.0.1", "::1"],
+            &[port],
+            ALLOW_PY,
+            RULE_PY,
+        ),
         AgentOpts::default(),
     );
     let p = port.to_string();
-    for host in ["127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.1.7", "127.0.1.200"] {
+    for host in [
+        "127.0.0.1",
+        "::1",
+        "::ffff:127.0.0.1",
+        "127.0.1.7",
+        "127.0.1.200",
+    ] {
         let r = client(&unit, &["echo", host, &p]);
         assert_eq!(r["ok"], true, "{host}: {r}\n{}", agent.log());
         assert_eq!(r["reply"], "ping", "{host}");
@@ -96,18 +136,31 @@ fn ipv6_mapped_alias_and_fast_open() {
     let r = client(&unit, &["tfo", "127.0.0.1", &p]);
     assert_eq!(r["ok"], true, "TCP Fast Open: {r}");
     let recs = agent.connections(6);
-    let dsts: Vec<&str> = recs.iter().filter_map(|r| r["original_destination"].as_str()).collect();
+    let dsts: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| r["original_destination"].as_str())
+        .collect();
     for want in [
         format!("127.0.0.1:{port}"),
         format!("[::1]:{port}"),
         format!("127.0.1.7:{port}"),
         format!("127.0.1.200:{port}"),
     ] {
-        assert!(dsts.contains(&want.as_str()), "no record for {want}: {dsts:?}");
+        assert!(
+            dsts.contains(&want.as_str()),
+            "no record for {want}: {dsts:?}"
+        );
     }
-    assert_eq!(recs.len(), 6, "every connect (including mapped and fast-open) went through the agent");
-    let direct = v4.direct_from_cgroup.load(std::sync::atomic::Ordering::Relaxed)
-        + v6.direct_from_cgroup.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        recs.len(),
+        6,
+        "every connect (including mapped and fast-open) went through the agent"
+    );
+    let direct = v4
+        .direct_from_cgroup
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + v6.direct_from_cgroup
+            .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(direct, 0, "a connection reached a server without the agent");
 }
 
@@ -144,34 +197,56 @@ fn bypass_attempts_are_dropped_and_counted() {
     .expect("spawn pre-existing client");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ready.exists() {
-        assert!(Instant::now() < deadline, "pre-existing client never connected");
+        assert!(
+            Instant::now() < deadline,
+            "pre-existing client never connected"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let bytes_before = server.bytes.load(std::sync::atomic::Ordering::Relaxed);
 
-    let agent = Agent::start(&cg.slice, &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY), AgentOpts::default());
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY),
+        AgentOpts::default(),
+    );
     let drops0 = agent.counter("bypass_drops");
 
     let raw = client(&unit, &["raw-syn", "127.0.0.1", &p]);
-    assert_eq!(raw["ok"], false, "raw SYN to a protected target must fail: {raw}");
+    assert_eq!(
+        raw["ok"], false,
+        "raw SYN to a protected target must fail: {raw}"
+    );
     assert_eq!(raw["errno"], 1, "EPERM expected: {raw}");
     let udp = client(&unit, &["udp", "127.0.0.1", &p]);
-    assert_eq!(udp["ok"], false, "UDP sendto to a protected target must fail: {udp}");
+    assert_eq!(
+        udp["ok"], false,
+        "UDP sendto to a protected target must fail: {udp}"
+    );
     assert_eq!(udp["errno"], 1, "EPERM expected: {udp}");
     let udpc = client(&unit, &["udp-connect", "127.0.0.1", &p]);
-    assert_eq!(udpc["ok"], false, "UDP connect to a protected target is refused: {udpc}");
+    assert_eq!(
+        udpc["ok"], false,
+        "UDP connect to a protected target is refused: {udpc}"
+    );
 
     std::fs::write(&go, "1").expect("signal pre-existing client");
     let out = pre.wait_with_output().expect("pre-existing client");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("late data"), "the old socket's data got through: {text}");
+    assert!(
+        !text.contains("late data"),
+        "the old socket's data got through: {text}"
+    );
     assert_eq!(
         server.bytes.load(std::sync::atomic::Ordering::Relaxed),
         bytes_before,
         "bytes from a pre-existing socket reached the protected server"
     );
     let drops = agent.counter("bypass_drops") - drops0;
-    assert!(drops >= 3, "expected raw, UDP and pre-existing-socket drops to be counted, got {drops}");
+    assert!(
+        drops >= 3,
+        "expected raw, UDP and pre-existing-socket drops to be counted, got {drops}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let recs = agent.audit();
@@ -180,7 +255,11 @@ fn bypass_attempts_are_dropped_and_counted() {
         }
         assert!(Instant::now() < deadline, "no bypass_drop audit record");
     }
-    let kd = agent.audit().into_iter().filter(|r| r["event"] == "kernel_deny").count();
+    let kd = agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "kernel_deny")
+        .count();
     assert!(kd >= 1, "UDP connect should be audited as a kernel deny");
 }
 
@@ -193,13 +272,24 @@ fn kill9_under_load_fails_closed_and_restart_adopts() {
     let unit = cg.unit("loop");
     let server = Server::start("127.0.0.1:0", Reply::Echo, Some(cg.slice.clone()));
     let p = server.port().to_string();
-    let mut agent = Agent::start(&cg.slice, &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY), AgentOpts::default());
+    let mut agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY),
+        AgentOpts::default(),
+    );
     let dir = portcullis_tests::TempDir::new("portcullis-test-loop");
     let stop = dir.0.join("stop");
     let py = portcullis_tests::client_py();
     let looper = portcullis_tests::in_cgroup(
         &unit,
-        &["python3", py.to_str().expect("path"), "loop", "127.0.0.1", &p, stop.to_str().expect("path")],
+        &[
+            "python3",
+            py.to_str().expect("path"),
+            "loop",
+            "127.0.0.1",
+            &p,
+            stop.to_str().expect("path"),
+        ],
     )
     .stdout(std::process::Stdio::piped())
     .spawn()
@@ -209,20 +299,38 @@ fn kill9_under_load_fails_closed_and_restart_adopts() {
     // While the agent is dead, enforcement stays pinned: connects are refused.
     std::thread::sleep(Duration::from_millis(700));
     let during = client(&unit, &["echo", "127.0.0.1", &p]);
-    assert_eq!(during["ok"], false, "a connect succeeded while the agent was dead: {during}");
-    assert_eq!(during["errno"], 111, "ECONNREFUSED expected while the agent is down: {during}");
+    assert_eq!(
+        during["ok"], false,
+        "a connect succeeded while the agent was dead: {during}"
+    );
+    assert_eq!(
+        during["errno"], 111,
+        "ECONNREFUSED expected while the agent is down: {during}"
+    );
     agent.spawn();
     let st = agent.status();
-    assert_eq!(st["enforcement"]["adopted_from_pins"], true, "restart did not adopt the pins: {st:#}");
+    assert_eq!(
+        st["enforcement"]["adopted_from_pins"], true,
+        "restart did not adopt the pins: {st:#}"
+    );
     std::thread::sleep(Duration::from_millis(700));
     std::fs::write(&stop, "1").expect("stop loop");
     let out = looper.wait_with_output().expect("loop client");
     let line = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("loop output {line}: {e}"));
-    assert!(v["good"].as_u64().unwrap_or(0) > 0, "no successful connects: {v}");
-    assert!(v["refused"].as_u64().unwrap_or(0) > 0, "the outage was not observed: {v}");
+    let v: Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("loop output {line}: {e}"));
+    assert!(
+        v["good"].as_u64().unwrap_or(0) > 0,
+        "no successful connects: {v}"
+    );
+    assert!(
+        v["refused"].as_u64().unwrap_or(0) > 0,
+        "the outage was not observed: {v}"
+    );
     assert_eq!(
-        server.direct_from_cgroup.load(std::sync::atomic::Ordering::Relaxed),
+        server
+            .direct_from_cgroup
+            .load(std::sync::atomic::Ordering::Relaxed),
         0,
         "a connection reached the server without the agent"
     );
@@ -241,15 +349,31 @@ fn l4_proxy_bulk_half_close_and_concurrency() {
     let echo = Server::start("127.0.0.1:0", Reply::Echo, Some(cg.slice.clone()));
     let agent = Agent::start(
         &cg.slice,
-        &policy(&["127.0.0.1"], &[sha.port(), echo.port()], ALLOW_PY, RULE_PY),
+        &policy(
+            &["127.0.0.1"],
+            &[sha.port(), echo.port()],
+            ALLOW_PY,
+            RULE_PY,
+        ),
         AgentOpts::default(),
     );
     // 100 MiB intact (sha256 compared end to end); the reply only comes after the
     // client's half-close reached the server, so this also proves half-close.
-    let r = client(&unit, &["bulk", "127.0.0.1", &sha.port().to_string(), "100"]);
+    let r = client(
+        &unit,
+        &["bulk", "127.0.0.1", &sha.port().to_string(), "100"],
+    );
     assert_eq!(r["ok"], true, "bulk transfer corrupted or failed: {r}");
-    let r = client(&unit, &["concurrent", "127.0.0.1", &echo.port().to_string(), "200"]);
-    assert_eq!(r["ok"], true, "200 concurrent connections: {r}\n{}", agent.log());
+    let r = client(
+        &unit,
+        &["concurrent", "127.0.0.1", &echo.port().to_string(), "200"],
+    );
+    assert_eq!(
+        r["ok"],
+        true,
+        "200 concurrent connections: {r}\n{}",
+        agent.log()
+    );
     let recs = agent.connections(201);
     let bulk = recs
         .iter()
@@ -271,7 +395,11 @@ fn allow_and_deny_by_unit_uid_and_exe() {
     let port = server.port();
     let workloads = "  - name: billing\n    match: { unit: \"billing.service\", exe: \"*python3*\" }\n  - name: root-in-other\n    match: { unit: \"other.service\", uid: 0 }\n  - name: shells\n    match: { exe: \"*/bash\" }";
     let rules = "  - id: billing-allow\n    workloads: [billing]\n    targets: [svc]\n    effect: allow\n  - id: root-other-allow\n    workloads: [root-in-other]\n    targets: [svc]\n    effect: allow\n  - id: no-shells\n    workloads: [shells]\n    targets: [svc]\n    effect: deny";
-    let agent = Agent::start(&cg.slice, &policy(&["127.0.0.1"], &[port], workloads, rules), AgentOpts::default());
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[port], workloads, rules),
+        AgentOpts::default(),
+    );
     let p = port.to_string();
     // unit: billing allowed
     let r = client(&billing, &["echo", "127.0.0.1", &p]);
@@ -284,11 +412,19 @@ fn allow_and_deny_by_unit_uid_and_exe() {
     // exe: bash (root, in `other`) is denied by an explicit deny that beats the uid allow
     let out = portcullis_tests::in_cgroup(
         &other,
-        &["bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf ping >&3; timeout 3 cat <&3")],
+        &[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf ping >&3; timeout 3 cat <&3"),
+        ],
     )
     .output()
     .expect("bash client");
-    assert_ne!(String::from_utf8_lossy(&out.stdout), "ping", "bash must be denied");
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "ping",
+        "bash must be denied"
+    );
 
     let recs = agent.connections(4);
     let by_rule = |rule: &str| recs.iter().filter(|r| r["rule"] == rule).count();
@@ -297,7 +433,11 @@ fn allow_and_deny_by_unit_uid_and_exe() {
     assert_eq!(by_rule("default-deny"), 1, "{recs:#?}");
     assert_eq!(by_rule("no-shells"), 1, "{recs:#?}");
     for r in &recs {
-        let expect = if r["rule"].as_str().is_some_and(|x| x.ends_with("allow")) { "allow" } else { "deny" };
+        let expect = if r["rule"].as_str().is_some_and(|x| x.ends_with("allow")) {
+            "allow"
+        } else {
+            "deny"
+        };
         assert_eq!(r["decision"], expect, "{r:#}");
     }
 }
@@ -311,12 +451,20 @@ fn policy_reload_keeps_last_good_and_updates_kernel_targets() {
     let unit = cg.unit("r");
     let a = Server::start("127.0.0.1:0", Reply::Echo, Some(cg.slice.clone()));
     let b = Server::start("127.0.0.1:0", Reply::Echo, Some(cg.slice.clone()));
-    let agent = Agent::start(&cg.slice, &policy(&["127.0.0.1"], &[a.port()], ALLOW_PY, RULE_PY), AgentOpts::default());
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[a.port()], ALLOW_PY, RULE_PY),
+        AgentOpts::default(),
+    );
     let pol = agent.dir.0.join("policies").join("test.yaml");
     // b is not protected yet: a direct connection (no agent record).
     let r = client(&unit, &["echo", "127.0.0.1", &b.port().to_string()]);
     assert_eq!(r["ok"], true);
-    assert_eq!(b.direct_from_cgroup.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        b.direct_from_cgroup
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // A broken policy is refused; the old one stays in force.
     std::fs::write(&pol, "apiVersion: portcullis.dev/v0\nrules: [oops").expect("write");
     let out = agent.cli(&["policy", "reload"]);
@@ -324,13 +472,30 @@ fn policy_reload_keeps_last_good_and_updates_kernel_targets() {
     let r = client(&unit, &["echo", "127.0.0.1", &a.port().to_string()]);
     assert_eq!(r["ok"], true, "last good policy must stay in force: {r}");
     // A good policy protecting both ports.
-    std::fs::write(&pol, policy(&["127.0.0.1"], &[a.port(), b.port()], ALLOW_PY, RULE_PY)).expect("write");
+    std::fs::write(
+        &pol,
+        policy(&["127.0.0.1"], &[a.port(), b.port()], ALLOW_PY, RULE_PY),
+    )
+    .expect("write");
     let out = agent.cli(&["policy", "reload"]);
-    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = client(&unit, &["echo", "127.0.0.1", &b.port().to_string()]);
     assert_eq!(r["ok"], true);
-    assert_eq!(b.direct_from_cgroup.load(std::sync::atomic::Ordering::Relaxed), 1, "b is now protected");
-    let events: Vec<String> = agent.audit().iter().map(|r| r["event"].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(
+        b.direct_from_cgroup
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "b is now protected"
+    );
+    let events: Vec<String> = agent
+        .audit()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap_or("").to_string())
+        .collect();
     assert!(events.contains(&"policy_reject".to_string()), "{events:?}");
     assert!(events.contains(&"policy_load".to_string()), "{events:?}");
 }

@@ -76,7 +76,9 @@ pub fn demo(smoke: bool) -> Result<()> {
     }
     if Path::new(BPFFS).exists() {
         println!("demo: removing enforcement left by an earlier demo run");
-        let _ = Command::new(&agent_bin).args(["detach", "--yes", "--socket", "/nonexistent"]).status();
+        let _ = Command::new(&agent_bin)
+            .args(["detach", "--yes", "--socket", "/nonexistent"])
+            .status();
         crate::util::remove_tree(Path::new(BPFFS));
     }
 
@@ -96,19 +98,22 @@ pub fn demo(smoke: bool) -> Result<()> {
     let pg = dir.join("pg");
     let sock = dir.join("sock");
     std::fs::create_dir_all(&sock)?;
-    run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
+    run(Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&dir))?;
     run(Command::new("chmod").arg("755").arg(&dir))?;
     let as_pg = |bin: &str| {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(pg_bin.join(bin));
         c
     };
-    output(
-        as_pg("initdb")
-            .args(["-D"])
-            .arg(&pg)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync"]),
-    )
+    output(as_pg("initdb").args(["-D"]).arg(&pg).args([
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+    ]))
     .context("initdb")?;
     output(
         as_pg("pg_ctl")
@@ -145,7 +150,10 @@ pub fn demo(smoke: bool) -> Result<()> {
     step("starting the agent (cgroup v2 root, policies/demo.yaml)");
     let pol = dir.join("policies");
     std::fs::create_dir_all(&pol)?;
-    std::fs::copy(repo_root().join("policies").join("demo.yaml"), pol.join("demo.yaml"))?;
+    std::fs::copy(
+        repo_root().join("policies").join("demo.yaml"),
+        pol.join("demo.yaml"),
+    )?;
     std::fs::write(
         &d.config,
         format!(
@@ -179,14 +187,28 @@ pub fn demo(smoke: bool) -> Result<()> {
         );
     }
     let status = |args: &[&str]| -> Result<String> {
-        output(Command::new(&agent_bin).args(args).arg("--config").arg(&d.config))
+        output(
+            Command::new(&agent_bin)
+                .args(args)
+                .arg("--config")
+                .arg(&d.config),
+        )
     };
     println!("{}", status(&["status"])?);
 
     // 3. The workload, with unchanged clients pointed at the database's real address.
     step("psql (root) → 127.0.0.1:55432: the policy allows it");
     let psql = Command::new(pg_bin.join("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-p", &PG_PORT.to_string(), "-U", "postgres", "-c"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &PG_PORT.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+        ])
         .arg("SELECT count(*) AS accounts, sum(balance) AS total FROM accounts")
         .output()?;
     print!("{}", String::from_utf8_lossy(&psql.stdout));
@@ -200,7 +222,8 @@ pub fn demo(smoke: bool) -> Result<()> {
         .output()?;
     let py_reply = String::from_utf8_lossy(&py.stdout).to_string();
     println!("client saw: {}", py_reply.trim());
-    let py_denied = !py_reply.contains("\"reply\": \"ping\"") || py_reply.contains("\"reply\": \"\"");
+    let py_denied =
+        !py_reply.contains("\"reply\": \"ping\"") || py_reply.contains("\"reply\": \"\"");
 
     step("bash /dev/tcp → 127.0.0.1:55432: no rule matches, default-deny");
     let sh = Command::new("bash")
@@ -225,7 +248,10 @@ pub fn demo(smoke: bool) -> Result<()> {
     let bypass = st["kernel_counters"]["bypass_drops"].as_u64().unwrap_or(0);
     println!(
         "kernel: redirects={} bypass_drops={} | sessions: allowed={} denied={}",
-        st["kernel_counters"]["redirects"], bypass, st["sessions"]["allowed"], st["sessions"]["denied"]
+        st["kernel_counters"]["redirects"],
+        bypass,
+        st["sessions"]["allowed"],
+        st["sessions"]["denied"]
     );
     let flows = status(&["flows"])?;
     println!("\nflows to the demo database (portcullis flows):");
@@ -286,14 +312,16 @@ pub fn demo(smoke: bool) -> Result<()> {
         r["event"] == "connection"
             && r["decision"] == "allow"
             && r["rule"] == "ops-psql-may-connect"
-            && r["attribution"]["exe"].as_str().is_some_and(|e| e.ends_with("/psql"))
+            && r["attribution"]["exe"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("/psql"))
     });
-    let denied_rec = recs
-        .iter()
-        .any(|r| r["event"] == "connection" && r["decision"] == "deny" && r["rule"] == "no-python-to-primary");
-    let default_rec = recs
-        .iter()
-        .any(|r| r["event"] == "connection" && r["decision"] == "deny" && r["rule"] == "default-deny");
+    let denied_rec = recs.iter().any(|r| {
+        r["event"] == "connection" && r["decision"] == "deny" && r["rule"] == "no-python-to-primary"
+    });
+    let default_rec = recs.iter().any(|r| {
+        r["event"] == "connection" && r["decision"] == "deny" && r["rule"] == "default-deny"
+    });
     println!(
         "\ndemo summary: psql allowed={} python denied={} shell default-denied={} bypass drops={}",
         psql_ok && allowed_rec,
@@ -335,10 +363,21 @@ fn step(s: &str) {
 fn short(r: &Value) -> String {
     let mut o = r.clone();
     if let Some(m) = o.as_object_mut() {
-        for k in ["schema", "seq", "host", "agent_version", "event", "policy_files"] {
+        for k in [
+            "schema",
+            "seq",
+            "host",
+            "agent_version",
+            "event",
+            "policy_files",
+        ] {
             m.remove(k);
         }
     }
     let s = o.to_string();
-    if s.len() > 160 { format!("{}…", &s[..s.floor_char_boundary(160)]) } else { s }
+    if s.len() > 160 {
+        format!("{}…", &s[..s.floor_char_boundary(160)])
+    } else {
+        s
+    }
 }

@@ -85,7 +85,14 @@ fn test() -> Result<()> {
     tier("fmt", cargo(&["fmt", "--all", "--", "--check"]));
     tier(
         "clippy",
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     );
     tier(
         "unit",
@@ -98,11 +105,9 @@ fn test() -> Result<()> {
         let bin = util::target_dir().join("debug").join("portcullis");
         tier(
             "policies",
-            run(
-                std::process::Command::new(&bin)
-                    .args(["policy", "check"])
-                    .arg(root.join("policies")),
-            ),
+            run(std::process::Command::new(&bin)
+                .args(["policy", "check"])
+                .arg(root.join("policies"))),
         );
     }
     if is_root() {
@@ -114,10 +119,14 @@ fn test() -> Result<()> {
     } else if ci {
         tier(
             "privileged e2e",
-            Err(anyhow::anyhow!("CI=true but not running as root: the privileged tests cannot run")),
+            Err(anyhow::anyhow!(
+                "CI=true but not running as root: the privileged tests cannot run"
+            )),
         );
     } else {
-        eprintln!("xtask: SKIP privileged e2e and demo smoke: not root (they need eBPF and cgroups)");
+        eprintln!(
+            "xtask: SKIP privileged e2e and demo smoke: not root (they need eBPF and cgroups)"
+        );
         skipped.push("privileged e2e".to_string());
         skipped.push("demo smoke".to_string());
     }
@@ -157,7 +166,8 @@ fn install() -> Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let tmp = format!("{to}.new");
-        std::fs::copy(from, &tmp).with_context(|| format!("copying {} to {tmp}", from.display()))?;
+        std::fs::copy(from, &tmp)
+            .with_context(|| format!("copying {} to {tmp}", from.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&tmp, to).with_context(|| format!("installing {to}"))?;
         println!("installed {to}");
@@ -172,7 +182,11 @@ fn install() -> Result<()> {
     if std::path::Path::new("/etc/portcullis/agent.yaml").exists() {
         println!("kept existing /etc/portcullis/agent.yaml");
     } else {
-        copy(&root.join("systemd").join("agent.yaml"), "/etc/portcullis/agent.yaml", 0o600)?;
+        copy(
+            &root.join("systemd").join("agent.yaml"),
+            "/etc/portcullis/agent.yaml",
+            0o600,
+        )?;
     }
     std::fs::create_dir_all("/etc/portcullis/policies.d")?;
     println!(

@@ -13,7 +13,9 @@ use crate::util::{is_root, output, run};
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 fn nightly_llvm_major() -> Result<Option<u32>> {
@@ -34,7 +36,9 @@ fn bpf_linker_llvm() -> Option<u32> {
     let text = std::fs::read_to_string(cargo_home().join(".crates2.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let installs = v.get("installs")?.as_object()?;
-    let (_, entry) = installs.iter().find(|(k, _)| k.starts_with("bpf-linker "))?;
+    let (_, entry) = installs
+        .iter()
+        .find(|(k, _)| k.starts_with("bpf-linker "))?;
     let features = entry.get("features")?.as_array()?;
     let linker = cargo_home().join("bin").join("bpf-linker");
     if !linker.exists() {
@@ -48,7 +52,10 @@ fn bpf_linker_llvm() -> Option<u32> {
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
-        bail!("missing Debian packages {pkgs:?}: run `apt-get install {}` as root", pkgs.join(" "));
+        bail!(
+            "missing Debian packages {pkgs:?}: run `apt-get install {}` as root",
+            pkgs.join(" ")
+        );
     }
     let install = |c: &mut Command| {
         run(c
@@ -71,7 +78,13 @@ pub fn setup() -> Result<()> {
         Some(m) => m,
         None => {
             run(Command::new("rustup").args([
-                "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
             ]))
             .context("installing the nightly toolchain (the kernel programs need it)")?;
             did.push("nightly toolchain");
@@ -82,8 +95,14 @@ pub fn setup() -> Result<()> {
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let core_src = PathBuf::from(&sysroot).join("lib/rustlib/src/rust/library/core/Cargo.toml");
     if !core_src.exists() {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("installing rust-src for nightly")?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("installing rust-src for nightly")?;
         did.push("rust-src");
     }
 
@@ -129,7 +148,11 @@ pub fn setup() -> Result<()> {
             t0.elapsed().as_millis()
         );
     } else {
-        println!("setup: installed {} in {:.1} s", did.join(", "), t0.elapsed().as_secs_f64());
+        println!(
+            "setup: installed {} in {:.1} s",
+            did.join(", "),
+            t0.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -90,7 +90,9 @@ pub fn sweep_test_leftovers() {
         }
     }
     for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-        let Ok(rd) = std::fs::read_dir(root) else { continue };
+        let Ok(rd) = std::fs::read_dir(root) else {
+            continue;
+        };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("portcullis-test-") && !alive(&name) {
