@@ -104,7 +104,10 @@ pub struct Config {
     pub _pad0: u16,
     /// SO_MARK the agent puts on its upstream sockets; 0 disables mark exemption.
     pub mark: u32,
-    pub _pad1: u32,
+    /// Offset of `child_pid` in the sched_process_fork tracepoint record (read from
+    /// tracefs by the agent; the layout changed across kernels). 0 disables fork
+    /// tracking.
+    pub fork_child_pid_offset: u32,
     /// cgroup v2 id whose sockets are exempt (the agent's own); 0 disables.
     pub agent_cgroup_id: u64,
 }

@@ -462,6 +462,38 @@ mod prog {
         0
     }
 
+    /// sched_process_fork: the child inherits the parent's executable (a fork without
+    /// exec runs the same program) and any stale record of a dead process that had
+    /// the same pid is replaced or removed.
+    #[tracepoint(category = "sched", name = "sched_process_fork")]
+    pub fn pc_fork(ctx: TracePointContext) -> u32 {
+        let Some(cfg) = CONFIG.get(0) else {
+            return 0;
+        };
+        let off = cfg.fork_child_pid_offset as usize;
+        if off == 0 || off > 64 {
+            return 0;
+        }
+        let child: u32 = match unsafe { ctx.read_at::<u32>(off) } {
+            Ok(v) => v,
+            Err(_) => return 0,
+        };
+        // This tracepoint fires in the parent's context.
+        let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if child == parent {
+            return 0;
+        }
+        match EXECS.get_ptr(&parent) {
+            Some(p) => {
+                let _ = EXECS.insert(&child, unsafe { &*p }, 0);
+            }
+            None => {
+                let _ = EXECS.remove(&child);
+            }
+        }
+        0
+    }
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         loop {}

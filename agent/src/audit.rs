@@ -92,10 +92,22 @@ impl AuditLog {
             source,
         })?;
         let path = dir.join("audit.jsonl");
-        let file = open_append(&path)?;
+        let mut file = open_append(&path)?;
+        // A crash can leave a torn last line: start on a fresh line so the next
+        // record is never glued to it (the torn fragment stays, visibly invalid).
+        if ends_without_newline(&path) {
+            file.write_all(b"\n").map_err(|source| AuditError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let (tx, rx) = bounded(queue);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(Stats::default());
+        // Sequence numbers continue across restarts.
+        stats
+            .seq
+            .store(last_seq(&path).map_or(0, |s| s + 1), Ordering::Relaxed);
         let w = Writer {
             rx,
             file,
@@ -173,6 +185,33 @@ impl AuditLog {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn ends_without_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    if f.seek(SeekFrom::End(-1)).is_err() {
+        return false; // empty file
+    }
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).is_ok() && b[0] != b'\n'
+}
+
+/// The `seq` of the last complete record in a log file (a torn last line is skipped).
+fn last_seq(path: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let from = len.saturating_sub(256 * 1024);
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    tail.split(|b| *b == b'\n')
+        .rev()
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .find_map(|v| v.get("seq").and_then(Value::as_u64))
 }
 
 fn open_append(path: &Path) -> Result<File, AuditError> {
@@ -266,6 +305,23 @@ mod tests {
         assert_eq!(lines[1]["a"], 2);
         assert_eq!(lines[0]["event"], "test");
         assert!(lines[0]["seq"].as_u64() < lines[1]["seq"].as_u64());
+        drop(log);
+        // Reopened: the sequence continues, even after a torn last line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("audit.jsonl"))
+            .and_then(|mut f| f.write_all(b"{\"seq\": 99, \"tor"))
+            .expect("append torn line");
+        let log = AuditLog::open(&dir, 64, AuditSync::None).expect("reopen");
+        log.record("test", json!({})).expect("queued");
+        log.flush(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&log.path).expect("read back");
+        let last: Value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .expect("a record");
+        assert_eq!(last["seq"], lines[1]["seq"].as_u64().expect("seq") + 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

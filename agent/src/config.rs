@@ -107,7 +107,7 @@ impl Default for AgentConfig {
             runtime_dir: PathBuf::from("/run/portcullis"),
             bpffs_dir: PathBuf::from("/sys/fs/bpf/portcullis"),
             cgroup: CgroupSetting::Keyword(CgroupKeyword::Auto),
-            listen_port: 15001,
+            listen_port: 1001,
             listen_v4: Ipv4Addr::LOCALHOST,
             listen_v6: Ipv6Addr::LOCALHOST,
             upstream_mark: 0x7063_0001,
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let c = AgentConfig::parse(Path::new("a.yaml"), "").expect("empty config is valid");
-        assert_eq!(c.listen_port, 15001);
+        assert_eq!(c.listen_port, 1001);
         assert_eq!(c.cgroup, CgroupSetting::Keyword(CgroupKeyword::Auto));
     }
 

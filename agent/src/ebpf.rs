@@ -57,6 +57,17 @@ const MAP_NAMES: [&str; 10] = [
 /// Pinned enforcement programs, in attach order.
 pub const PROGRAMS: [&str; 4] = ["pc_connect4", "pc_connect6", "pc_sockops", "pc_egress"];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Capacity of the protected-target maps (see agent-ebpf).
+pub const MAX_TARGET_ENTRIES: usize = 16_384;
+/// Oldest connection record the proxy accepts (connect to accept).
+const MAX_RECORD_AGE_NS: u64 = 30_000_000_000;
+
+/// CLOCK_BOOTTIME in nanoseconds (the clock of every kernel timestamp here).
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -247,6 +258,7 @@ impl Enforcement {
             installed_addrs: BTreeMap::new(),
         };
         me.read_installed_targets();
+        me.clear_tuples();
         Ok(me)
     }
 
@@ -299,22 +311,26 @@ impl Enforcement {
                 }
             }
         }
-        for ((addr, len), v) in &want_addrs {
-            self.target_addrs
-                .insert(&Key::new(u32::from(*len), *addr), *v, 0)
-                .map_err(map_err("PC_TARGET_ADDRS"))?;
-        }
-        for ((port, addr, len), v) in &want {
-            let key = Key::new(
-                u32::from(*len),
-                TargetKey {
-                    port: port.to_be_bytes(),
-                    addr: *addr,
-                },
-            );
-            self.targets
-                .insert(&key, *v, 0)
-                .map_err(map_err("PC_TARGETS"))?;
+        if let Err(e) = self.insert_targets(&want, &want_addrs) {
+            // Roll back what this call added, so a refused reload leaves the
+            // kernel exactly as it was.
+            for (port, addr, len) in want.keys() {
+                if !self.installed.contains_key(&(*port, *addr, *len)) {
+                    let _ = self.targets.remove(&Key::new(
+                        u32::from(*len),
+                        TargetKey {
+                            port: port.to_be_bytes(),
+                            addr: *addr,
+                        },
+                    ));
+                }
+            }
+            for (addr, len) in want_addrs.keys() {
+                if !self.installed_addrs.contains_key(&(*addr, *len)) {
+                    let _ = self.target_addrs.remove(&Key::new(u32::from(*len), *addr));
+                }
+            }
+            return Err(e);
         }
         for (port, addr, len) in self.installed.keys() {
             if !want.contains_key(&(*port, *addr, *len)) {
@@ -335,6 +351,32 @@ impl Enforcement {
         }
         self.installed = want;
         self.installed_addrs = want_addrs;
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn insert_targets(
+        &mut self,
+        want: &BTreeMap<(u16, [u8; 16], u8), TargetValue>,
+        want_addrs: &BTreeMap<([u8; 16], u8), u32>,
+    ) -> Result<(), EbpfError> {
+        for ((addr, len), v) in want_addrs {
+            self.target_addrs
+                .insert(&Key::new(u32::from(*len), *addr), *v, 0)
+                .map_err(map_err("PC_TARGET_ADDRS"))?;
+        }
+        for ((port, addr, len), v) in want {
+            let key = Key::new(
+                u32::from(*len),
+                TargetKey {
+                    port: port.to_be_bytes(),
+                    addr: *addr,
+                },
+            );
+            self.targets
+                .insert(&key, *v, 0)
+                .map_err(map_err("PC_TARGETS"))?;
+        }
         Ok(())
     }
 
@@ -450,14 +492,54 @@ impl Enforcement {
                 name: "pc_exec",
                 source,
             })?;
+        // Fork tracking (children inherit the parent's executable record).
+        let tp: &mut TracePoint = self
+            .ebpf
+            .program_mut("pc_fork")
+            .ok_or(EbpfError::MissingProgram("pc_fork"))?
+            .try_into()
+            .map_err(|source| EbpfError::Program {
+                name: "pc_fork",
+                source,
+            })?;
+        tp.load().map_err(|source| EbpfError::Program {
+            name: "pc_fork",
+            source,
+        })?;
+        tp.attach("sched", "sched_process_fork")
+            .map_err(|source| EbpfError::Program {
+                name: "pc_fork",
+                source,
+            })?;
         Ok(())
     }
 
     /// Takes the kernel's record of an accepted connection (by the client's address).
+    /// Takes the kernel's record of an accepted connection (by the client's address).
+    /// A record older than [`MAX_RECORD_AGE_NS`] is refused: the handshake it belongs
+    /// to is long gone, and a new socket on the same port is someone else.
     pub fn take_conn(&mut self, key: &TupleKey) -> Option<ConnInfo> {
         let v = self.tuples.get(key, 0).ok()?;
         let _ = self.tuples.remove(key);
+        let now = boot_ns();
+        if now.saturating_sub(v.ktime_ns) > MAX_RECORD_AGE_NS {
+            tracing::warn!(
+                pid = v.tgid,
+                age_ms = now.saturating_sub(v.ktime_ns) / 1_000_000,
+                "stale connection record refused"
+            );
+            return None;
+        }
         Some(v)
+    }
+
+    /// Forgets every re-keyed connection: called at start, when no connection to a
+    /// previous listener can still be waiting.
+    fn clear_tuples(&mut self) {
+        let keys: Vec<TupleKey> = self.tuples.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.tuples.remove(&k);
+        }
     }
 
     pub fn exec_of(&self, tgid: u32) -> Option<ExecInfo> {

@@ -111,7 +111,14 @@ mod tests {
         f.add(key("a:1"), agent_common::verdict::PASS, "t2".into());
         let s = f.snapshot();
         assert_eq!(s[0].key.destination, "a:1");
-        assert_eq!((s[0].counts.connects, s[0].counts.redirected, s[0].counts.passed), (2, 1, 1));
+        assert_eq!(
+            (
+                s[0].counts.connects,
+                s[0].counts.redirected,
+                s[0].counts.passed
+            ),
+            (2, 1, 1)
+        );
         f.add(key("b:1"), agent_common::verdict::PASS, "t3".into());
         f.add(key("c:1"), agent_common::verdict::PASS, "t4".into());
         let s = f.snapshot();

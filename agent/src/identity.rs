@@ -43,6 +43,8 @@ pub struct Attribution {
     pub connect_boot_ns: u64,
     /// True when the process had exited (or its pid was reused) before we looked.
     pub exited: bool,
+    /// True when the process ran exec after connecting: /proc describes another program.
+    pub exec_changed: bool,
 }
 
 impl Attribution {
@@ -203,11 +205,22 @@ pub fn resolve(conn: &ConnInfo, exec: Option<ExecInfo>, cgroups: &CgroupResolver
             a.exe_source = Some("exec");
         }
     }
+    // The program may have changed since the connect: a later exec (or a reused pid
+    // that exec'd) shows as an exec record newer than the one the connect saw. Then
+    // /proc describes another program and is not used for exe or cmdline.
+    let execd_since = exec.is_some_and(|e| {
+        if conn.exec_ktime_ns != 0 {
+            e.ktime_ns != conn.exec_ktime_ns
+        } else {
+            e.ktime_ns > conn.ktime_ns
+        }
+    });
     // /proc is trusted only for the process that connected: same pid, started
     // no later than the connect (10 ms of slack for tick rounding).
     let start = proc_start_ns(pid);
     let same_process = matches!(start, Some(s) if s <= conn.ktime_ns.saturating_add(10_000_000));
-    if same_process {
+    a.exec_changed = execd_since;
+    if same_process && !execd_since {
         a.start_boot_ns = start;
         let base = PathBuf::from(format!("/proc/{pid}"));
         if let Ok(exe) = std::fs::read_link(base.join("exe")) {
@@ -316,5 +329,43 @@ mod tests {
         };
         let a = resolve(&early, None, &CgroupResolver::new("/nonexistent".into()));
         assert!(a.exited && a.exe.is_none() && a.cmdline.is_none());
+    }
+
+    #[test]
+    fn exec_record_decides_and_a_later_exec_is_not_trusted() {
+        let me = std::process::id();
+        let mut exe = [0u8; agent_common::EXE_LEN];
+        exe[..13].copy_from_slice(b"/usr/bin/psql");
+        let conn = ConnInfo {
+            orig_addr: [0; 16],
+            orig_port: 1,
+            family: 2,
+            target_id: 0,
+            tgid: me,
+            tid: me,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            netns_cookie: 0,
+            sock_cookie: 0,
+            ktime_ns: u64::MAX / 2,
+            exec_ktime_ns: 100,
+            comm: [0; 16],
+        };
+        let cg = CgroupResolver::new("/nonexistent".into());
+        // The exec seen at connect time is the one recorded: its path wins.
+        let same = ExecInfo { ktime_ns: 100, exe };
+        let a = resolve(&conn, Some(same), &cg);
+        assert_eq!(
+            (a.exe.as_deref(), a.exe_source),
+            (Some("/usr/bin/psql"), Some("exec"))
+        );
+        assert!(!a.exec_changed);
+        // A newer exec record: the process runs another program now, so neither the
+        // record nor /proc tells what connected.
+        let later = ExecInfo { ktime_ns: 200, exe };
+        let a = resolve(&conn, Some(later), &cg);
+        assert!(a.exec_changed);
+        assert!(a.exe.is_none() && a.cmdline.is_none(), "{a:?}");
     }
 }

@@ -147,8 +147,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run::run(cfg))?;
-            Ok(ExitCode::SUCCESS)
+            match rt.block_on(run::run(cfg))? {
+                run::Outcome::Stopped => Ok(ExitCode::SUCCESS),
+                run::Outcome::Detached => Ok(ExitCode::from(run::EXIT_DETACHED)),
+            }
         }
         Command::Status { target, json } => {
             let v = admin::request(&target.socket()?, "status")?;
@@ -327,24 +329,25 @@ fn print_status(v: &Value) {
 }
 
 fn print_flows(v: &Value) {
-    let Some(flows) = v["flows"].as_array() else {
-        println!("no flows");
+    let Some(flows) = v["flows"].as_array().filter(|f| !f.is_empty()) else {
+        println!("no flows observed yet");
         return;
     };
     println!(
-        "{:>7} {:>6} {:>6} {:>6}  {:<6} {:<28} {:<5} {:<30} CGROUP",
-        "CONNECTS", "REDIR", "PASS", "DENY", "PROTO", "DESTINATION", "UID", "EXE"
+        "{:>8} {:>6} {:>6} {:>6} {:>6}  {:<5} {:<28} {:>6}  {:<40} CGROUP",
+        "CONNECTS", "REDIR", "PASS", "DENY", "EXEMPT", "PROTO", "DESTINATION", "UID", "EXE"
     );
     for f in flows {
         println!(
-            "{:>8} {:>6} {:>6} {:>6}  {:<6} {:<28} {:<5} {:<30} {}",
-            f["connects"],
-            f["redirected"],
-            f["passed"],
-            f["kernel_denied"],
+            "{:>8} {:>6} {:>6} {:>6} {:>6}  {:<5} {:<28} {:>6}  {:<40} {}",
+            f["connects"].as_u64().unwrap_or(0),
+            f["redirected"].as_u64().unwrap_or(0),
+            f["passed"].as_u64().unwrap_or(0),
+            f["kernel_denied"].as_u64().unwrap_or(0),
+            f["exempt"].as_u64().unwrap_or(0),
             f["protocol"].as_str().unwrap_or(""),
             f["destination"].as_str().unwrap_or(""),
-            f["uid"],
+            f["uid"].as_u64().unwrap_or(0),
             f["exe"].as_str().unwrap_or(""),
             f["cgroup"].as_str().unwrap_or(""),
         );

@@ -252,6 +252,8 @@ pub struct Target {
     /// Empty = every port.
     pub ports: Vec<u16>,
     pub protocol: Protocol,
+    /// Mode of the file that defines the target: decides what `default-deny` does.
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone)]
@@ -506,6 +508,7 @@ impl CompiledPolicy {
                     prefixes,
                     ports: t.ports.clone(),
                     protocol: t.protocol,
+                    mode: pf.mode,
                 });
             }
         }
@@ -607,8 +610,11 @@ fn is_policy_file(p: &Path) -> bool {
 /// Decides a connection of `subject` to `target`. Pure: no I/O.
 ///
 /// Precedence: a matching `deny` beats a matching `allow`; nothing matched is
-/// `default-deny`. If the deciding rule's file is in monitor mode, the effect is
-/// `allow` and `decided` keeps what would have happened.
+/// `default-deny`. Among denies, one from an enforce-mode file wins over one from a
+/// monitor-mode file, so a file in monitor mode never weakens an enforced deny.
+/// Monitor mode turns a deny into `effect: allow` with `decided: deny` (logged as
+/// `would_deny`); for `default-deny` the mode of the file defining the target counts,
+/// so a target rolled out in monitor mode is observed, not blocked.
 pub fn evaluate(policy: &CompiledPolicy, subject: &Subject, target: u32) -> Decision {
     let matched: Vec<usize> = policy
         .workloads
@@ -629,18 +635,29 @@ pub fn evaluate(policy: &CompiledPolicy, subject: &Subject, target: u32) -> Deci
     let mut deny: Option<&Rule> = None;
     for r in candidates {
         match r.effect {
-            Effect::Deny if deny.is_none() => deny = Some(r),
+            Effect::Deny => {
+                let better = match deny {
+                    None => true,
+                    Some(d) => d.mode == Mode::Monitor && r.mode == Mode::Enforce,
+                };
+                if better {
+                    deny = Some(r);
+                }
+            }
             Effect::Allow if allow.is_none() => allow = Some(r),
             _ => {}
         }
     }
+    let soften = |mode: Mode| {
+        if mode == Mode::Monitor {
+            Effect::Allow
+        } else {
+            Effect::Deny
+        }
+    };
     match (deny, allow) {
         (Some(r), _) => Decision {
-            effect: if r.mode == Mode::Monitor {
-                Effect::Allow
-            } else {
-                Effect::Deny
-            },
+            effect: soften(r.mode),
             decided: Effect::Deny,
             rule: r.id.clone(),
             mode: r.mode,
@@ -653,14 +670,30 @@ pub fn evaluate(policy: &CompiledPolicy, subject: &Subject, target: u32) -> Deci
             mode: r.mode,
             workloads: names,
         },
-        (None, None) => Decision {
-            effect: Effect::Deny,
-            decided: Effect::Deny,
-            rule: DEFAULT_DENY.into(),
-            mode: Mode::Enforce,
-            workloads: names,
-        },
+        (None, None) => {
+            let mode = policy
+                .targets
+                .get(target as usize)
+                .map(|t| t.mode)
+                .unwrap_or(Mode::Enforce);
+            Decision {
+                effect: soften(mode),
+                decided: Effect::Deny,
+                rule: DEFAULT_DENY.into(),
+                mode,
+                workloads: names,
+            }
+        }
     }
+}
+
+/// Number of kernel map entries a policy needs (one per prefix and port).
+pub fn kernel_entries(policy: &CompiledPolicy) -> usize {
+    policy
+        .targets
+        .iter()
+        .map(|t| t.prefixes.len() * t.ports.len().max(1))
+        .sum()
 }
 
 #[cfg(test)]
@@ -757,8 +790,11 @@ rules:
             },
             0,
         );
-        // Nothing matched: default deny is never softened by monitor mode.
-        assert_eq!(d.effect, Effect::Deny);
+        // Nothing matched, target defined in a monitor-mode file: observed, not blocked.
+        assert_eq!(
+            (d.effect, d.decided, d.rule.as_str()),
+            (Effect::Allow, Effect::Deny, DEFAULT_DENY)
+        );
         let s = Subject {
             exe: Some("/usr/bin/python3".into()),
             ..Default::default()
@@ -768,6 +804,33 @@ rules:
             (d.effect, d.decided, d.mode),
             (Effect::Allow, Effect::Deny, Mode::Monitor)
         );
+    }
+
+    #[test]
+    fn enforced_deny_beats_monitored_deny() {
+        let monitor = "apiVersion: portcullis.dev/v0\nmode: monitor\nworkloads:\n  - name: all\n    match: { uid: 0 }\nrules:\n  - id: m-deny\n    workloads: [all]\n    targets: [pg]\n    effect: deny\n";
+        let p = CompiledPolicy::from_sources(&[
+            (PathBuf::from("a-monitor.yaml"), monitor.to_string()),
+            (PathBuf::from("b-enforce.yaml"), BASE.to_string()),
+        ])
+        .expect("valid");
+        let s = Subject {
+            uid: Some(0),
+            exe: Some("/usr/bin/python3".into()),
+            ..Default::default()
+        };
+        let d = evaluate(&p, &s, 0);
+        assert_eq!((d.effect, d.rule.as_str()), (Effect::Deny, "no-python"));
+        // Enforce-mode target: default-deny is enforced.
+        let d = evaluate(
+            &p,
+            &Subject {
+                uid: Some(7),
+                ..Default::default()
+            },
+            0,
+        );
+        assert_eq!((d.effect, d.mode), (Effect::Deny, Mode::Enforce));
     }
 
     #[test]

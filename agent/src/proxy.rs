@@ -142,11 +142,24 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         .lock()
         .ok()
         .and_then(|e| e.exec_of(conn.tgid));
-    let attribution = identity::resolve(&conn, exec, &shared.cgroups);
+    // /proc reads and user lookups block: keep them off the async workers.
+    let s2 = shared.clone();
+    let attribution = match tokio::task::spawn_blocking(move || {
+        identity::resolve(&conn, exec, &s2.cgroups)
+    })
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            rec.rule = "unattributed";
+            rec.error = Some(format!("attribution failed: {e}"));
+            shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+            finish(&shared, &rec, started);
+            return;
+        }
+    };
     let dst = from_v6(conn.orig_addr, conn.orig_port);
     rec.original_destination = Some(dst.to_string());
-    let span = tracing::info_span!("session", id = %session, pid = attribution.pid, comm = %attribution.comm, dst = %dst);
-    let _enter = span.enter();
 
     let target = policy.target_for(&conn.orig_addr, conn.orig_port);
     let decision: Decision;
@@ -182,7 +195,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         return;
     }
     if decision.effect == Effect::Deny {
-        tracing::info!(rule = %decision.rule, "connection denied");
+        tracing::info!(session = %session, pid = attribution.pid, comm = %attribution.comm, destination = %dst, rule = %decision.rule, "connection denied");
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
         finish(&shared, &rec, started);
         return;
@@ -204,6 +217,27 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         "allow"
     };
     shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
+    // Evidence of access exists before any byte flows: if the agent dies mid-session,
+    // the start record is still there.
+    let start = serde_json::json!({
+        "session_id": rec.session_id,
+        "client": rec.client,
+        "original_destination": rec.original_destination,
+        "target": rec.target,
+        "attribution": rec.attribution,
+        "decision": rec.decision,
+        "rule": rec.rule,
+        "mode": rec.mode,
+        "policy_hash": rec.policy_hash,
+    });
+    if let Err(e) = shared.audit.record("connection_start", start) {
+        tracing::error!(error = %e, "audit record refused; refusing the connection");
+        rec.decision = "deny";
+        rec.rule = "audit-unavailable";
+        rec.error = Some(e.to_string());
+        finish(&shared, &rec, started);
+        return;
+    }
 
     let upstream = match dial(
         dst,
@@ -356,8 +390,10 @@ pub fn bind(v4: Ipv4Addr, v6: Ipv6Addr, port: u16) -> std::io::Result<Vec<TcpLis
         s.listen(4096)
     }) {
         Ok(l) => out.push(l),
+        // Someone else holds our port: they would receive IPv6 redirects. Refuse.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e),
         Err(e) => {
-            tracing::warn!(error = %e, "IPv6 listener unavailable; IPv6 protected connects will be refused")
+            tracing::warn!(error = %e, "IPv6 listener unavailable (no IPv6 loopback?); IPv6 protected connects will be refused")
         }
     }
     Ok(out)

@@ -33,9 +33,25 @@ pub fn kernel_config(cfg: &AgentConfig) -> Config {
         listen_port: cfg.listen_port,
         _pad0: 0,
         mark: cfg.upstream_mark,
-        _pad1: 0,
+        fork_child_pid_offset: fork_child_pid_offset().unwrap_or(0),
         agent_cgroup_id: 0,
     }
+}
+
+/// Offset of `child_pid` in sched_process_fork records, from tracefs.
+fn fork_child_pid_offset() -> Option<u32> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(format!("{d}/events/sched/sched_process_fork/format")).ok()
+        })
+        .and_then(|f| {
+            f.lines()
+                .find(|l| l.contains(" child_pid;"))
+                .and_then(|l| l.split("offset:").nth(1))
+                .and_then(|o| o.split(';').next())
+                .and_then(|o| o.trim().parse().ok())
+        })
 }
 
 pub fn resolve_cgroup(cfg: &AgentConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -47,9 +63,71 @@ pub fn resolve_cgroup(cfg: &AgentConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((root, path))
 }
 
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+/// How the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped by a signal: enforcement stays pinned.
+    Stopped,
+    /// Enforcement was removed on request (`portcullis detach`).
+    Detached,
+}
+
+/// Exit status after a detach; the unit file lists it in RestartPreventExitStatus=
+/// so systemd does not start the agent again (which would re-attach).
+pub const EXIT_DETACHED: u8 = 10;
+
+/// Checks a policy against what this agent can enforce: map capacity, and no target
+/// may cover the agent's own listener (the backstop would then drop the agent's
+/// own handshakes and every redirected client would hang).
+pub fn check_policy_for_agent(policy: &CompiledPolicy, cfg: &AgentConfig) -> Result<(), String> {
+    let n = crate::policy::kernel_entries(policy);
+    if n > ebpf::MAX_TARGET_ENTRIES {
+        return Err(format!(
+            "the policy needs {n} kernel target entries (addresses x ports); at most {} fit",
+            ebpf::MAX_TARGET_ENTRIES
+        ));
+    }
+    let listeners = [
+        (
+            cfg.listen_v4.to_ipv6_mapped().octets(),
+            cfg.listen_v4.to_string(),
+        ),
+        (cfg.listen_v6.octets(), format!("[{}]", cfg.listen_v6)),
+    ];
+    for t in &policy.targets {
+        let port_hit = t.ports.is_empty() || t.ports.contains(&cfg.listen_port);
+        for (addr, shown) in &listeners {
+            if port_hit && t.prefixes.iter().any(|p| p.contains(addr)) {
+                return Err(format!(
+                    "target `{}` covers the agent's own listener {shown}:{}: list the target's ports, \
+                     or move the listener (listen_port in the agent config)",
+                    t.name, cfg.listen_port
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn warn_if_unprivileged_port(port: u16) {
+    let start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if u32::from(port) >= start {
+        tracing::warn!(
+            port,
+            "listen_port is an unprivileged port: while the agent is down any local user could bind it \
+             and receive redirected connections; use a port below {start}"
+        );
+    }
+}
+
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
     let policy = CompiledPolicy::load(std::slice::from_ref(&cfg.policy_dir))
         .map_err(|e| anyhow::anyhow!("refusing to start: the policy set is invalid:\n{e}"))?;
+    check_policy_for_agent(&policy, &cfg).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    warn_if_unprivileged_port(cfg.listen_port);
     let audit = AuditLog::open(&cfg.audit_dir(), cfg.audit_queue, cfg.audit_sync)?;
     let (root, cgroup) = resolve_cgroup(&cfg)?;
     let listeners = proxy::bind(cfg.listen_v4, cfg.listen_v6, cfg.listen_port)
@@ -133,12 +211,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     );
     shared.audit.flush(Duration::from_secs(5));
     tracing::info!(reason, "agent stopped");
-    Ok(())
+    Ok(if reason == "detach" {
+        Outcome::Detached
+    } else {
+        Outcome::Stopped
+    })
 }
 
 /// Reloads the policy directory: all or nothing. Returns the new policy hash.
 pub fn reload(shared: &Shared, trigger: &str) -> Result<String, String> {
-    match CompiledPolicy::load(std::slice::from_ref(&shared.cfg.policy_dir)) {
+    match CompiledPolicy::load(std::slice::from_ref(&shared.cfg.policy_dir))
+        .map_err(|e| e.to_string())
+        .and_then(|p| check_policy_for_agent(&p, &shared.cfg).map(|()| p))
+    {
         Ok(p) => {
             let res = shared
                 .enforcement
@@ -162,9 +247,8 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<String, String> {
             tracing::info!(policy_hash = %hash, trigger, "policy reloaded");
             Ok(hash)
         }
-        Err(e) => {
+        Err(msg) => {
             shared.stats.policy_rejects.fetch_add(1, Ordering::Relaxed);
-            let msg = e.to_string();
             let _ = shared.audit.record(
                 "policy_reject",
                 json!({"trigger": trigger, "error": msg, "kept_policy_hash": shared.policy().hash}),
@@ -247,10 +331,10 @@ fn handle_event(shared: &Shared, ev: &agent_common::Event) {
                 uid: ev.conn.uid,
                 cgroup,
                 destination: dst.to_string(),
-                protocol: if ev.proto == agent_common::IPPROTO_UDP {
-                    "udp"
-                } else {
-                    "tcp"
+                protocol: match ev.proto {
+                    agent_common::IPPROTO_TCP => "tcp",
+                    agent_common::IPPROTO_UDP => "udp",
+                    _ => "other",
                 },
             };
             if let Ok(mut f) = shared.flows.lock() {
@@ -271,5 +355,43 @@ fn handle_event(shared: &Shared, ev: &agent_common::Event) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn policy(addresses: &str, ports: &str) -> CompiledPolicy {
+        let text = format!(
+            "apiVersion: portcullis.dev/v0\ntargets:\n  - name: t\n    addresses: [{addresses}]\n    ports: [{ports}]\n    protocol: tcp\n"
+        );
+        CompiledPolicy::from_sources(&[(PathBuf::from("p.yaml"), text)]).expect("valid policy")
+    }
+
+    #[test]
+    fn a_target_covering_the_listener_is_refused() {
+        let cfg = AgentConfig::default();
+        let err = check_policy_for_agent(&policy("\"127.0.0.0/8\"", ""), &cfg)
+            .expect_err("covers listener");
+        assert!(err.contains("covers the agent's own listener"), "{err}");
+        let err = check_policy_for_agent(&policy("\"::1\"", &cfg.listen_port.to_string()), &cfg)
+            .expect_err("covers v6 listener port");
+        assert!(err.contains("[::1]"), "{err}");
+        check_policy_for_agent(&policy("\"127.0.0.0/8\"", "5432"), &cfg)
+            .expect("other port is fine");
+    }
+
+    #[test]
+    fn capacity_is_checked() {
+        let cfg = AgentConfig::default();
+        let ports: Vec<String> = (2000..2000 + 5000).map(|p: u32| p.to_string()).collect();
+        let p = policy(
+            "\"10.0.0.1\", \"10.0.0.2\", \"10.0.0.3\", \"10.0.0.4\"",
+            &ports.join(", "),
+        );
+        let err = check_policy_for_agent(&p, &cfg).expect_err("too many entries");
+        assert!(err.contains("20000"), "{err}");
     }
 }

@@ -212,6 +212,18 @@ def mode_loop(host, port, stop_file):
     out(ok=True, good=ok, refused=refused, other=other)
 
 
+def mode_fork_exit_fast(host, port):
+    """A child forked without exec connects, sends, and exits at once."""
+    pid = os.fork()
+    if pid == 0:
+        s = socket.socket(family_of(host), socket.SOCK_STREAM)
+        s.connect((host, int(port)))
+        s.sendall(b"forked")
+        out(ok=True, pid=os.getpid(), parent=os.getppid())
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
 def mode_setuid_echo(uid, host, port):
     os.setgid(int(uid))
     os.setuid(int(uid))
@@ -230,6 +242,7 @@ MODES = {
     "concurrent": mode_concurrent,
     "loop": mode_loop,
     "setuid-echo": mode_setuid_echo,
+    "fork-exit-fast": mode_fork_exit_fast,
 }
 
 if __name__ == "__main__":

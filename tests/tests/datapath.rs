@@ -84,6 +84,21 @@ fn redirect_and_attribution_including_client_that_exits_at_once() {
     assert_eq!(a["comm"], "python3");
     assert_eq!(rec["decision"], "allow");
 
+    // A child forked without exec, gone before the agent looks: it runs its
+    // parent's program, and the kernel's fork record says so.
+    let forked = client(&unit, &["fork-exit-fast", "127.0.0.1", &port.to_string()]);
+    assert_eq!(forked["ok"], true, "{forked}");
+    let child_pid = forked["pid"].as_u64().expect("pid");
+    let recs = agent.connections(3);
+    let rec = find_session(&recs, child_pid);
+    assert!(
+        rec["attribution"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.contains("python3")),
+        "forked child not attributed to its program: {rec:#}"
+    );
+    assert_eq!(rec["attribution"]["exe_source"], "exec", "{rec:#}");
+
     assert_eq!(
         server
             .direct_from_cgroup
@@ -498,4 +513,57 @@ fn policy_reload_keeps_last_good_and_updates_kernel_targets() {
         .collect();
     assert!(events.contains(&"policy_reject".to_string()), "{events:?}");
     assert!(events.contains(&"policy_load".to_string()), "{events:?}");
+}
+
+#[test]
+fn detach_is_explicit_audited_and_stops_the_agent_with_status_10() {
+    if !privileged("detach_is_explicit_audited_and_stops_the_agent_with_status_10") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("d");
+    let server = Server::start("127.0.0.1:0", Reply::Echo, Some(unit.clone()));
+    let p = server.port().to_string();
+    let mut agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY),
+        AgentOpts::default(),
+    );
+    let refused = agent.cli(&["detach"]);
+    assert!(
+        !refused.status.success(),
+        "detach without --yes must refuse"
+    );
+    let out = agent.cli(&["detach", "--yes"]);
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = agent.child.take().expect("agent process");
+    let status = child.wait().expect("agent exit");
+    assert_eq!(
+        status.code(),
+        Some(10),
+        "detached agent must exit with status 10"
+    );
+    // Enforcement is gone: the client now reaches the server directly.
+    let r = client(&unit, &["echo", "127.0.0.1", &p]);
+    assert_eq!(r["ok"], true);
+    assert_eq!(
+        server
+            .direct_from_cgroup
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(
+        !agent.bpffs.join("links").exists(),
+        "pins left behind after detach"
+    );
+    let recs = agent.audit();
+    let d = recs
+        .iter()
+        .find(|r| r["event"] == "enforcement_detached")
+        .unwrap_or_else(|| panic!("no enforcement_detached record"));
+    assert!(d["removed_pins"].as_array().is_some_and(|a| !a.is_empty()));
 }

@@ -18,7 +18,7 @@ use crate::setup;
 use crate::util::{cargo, is_root, output, repo_root, run, target_dir};
 
 const PG_PORT: u16 = 55432;
-const AGENT_PORT: u16 = 15432;
+const AGENT_PORT: u16 = 1543;
 const BPFFS: &str = "/sys/fs/bpf/portcullis-demo";
 
 struct Demo {

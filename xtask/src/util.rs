@@ -132,3 +132,18 @@ fn remove_cgroup(p: &Path) {
     }
     let _ = std::fs::remove_dir(p);
 }
+
+/// The cgroup v2 mount point (pure v2 or hybrid), from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mnt = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mnt))
+        })
+        .collect();
+    found.sort_by_key(|p| p.components().count());
+    found.into_iter().next()
+}
