@@ -85,6 +85,7 @@ mod prog {
 
     /// At most one bypass event per CPU in this many nanoseconds (drops are always counted).
     const BYPASS_EVENT_INTERVAL_NS: u64 = 100_000_000;
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
     const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
     /// Full prefix of a TargetKey: 16 port bits and 128 address bits.
     const FULL_PREFIX: u32 = 16 + 128;
@@ -133,11 +134,23 @@ mod prog {
                     (*p)._pad = 0;
                     core::ptr::copy_nonoverlapping(conn, &mut (*p).conn, 1);
                 }
-                slot.submit(0);
+                // No wake-up per event: the agent drains the ring on a short timer.
+                // Only a filling ring (or a bypass event) wakes it at once.
+                let flags = if kind == event_kind::BYPASS
+                    || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_THRESHOLD
+                {
+                    BPF_RB_FORCE_WAKEUP as u64
+                } else {
+                    BPF_RB_NO_WAKEUP as u64
+                };
+                slot.submit(flags);
             }
             None => bump(counter::EVENTS_LOST),
         }
     }
+
+    /// Bytes waiting in the ring above which a submit wakes the agent at once.
+    const WAKEUP_THRESHOLD: u64 = 64 * 1024;
 
     /// Per-CPU scratch ConnInfo for the connect path (kept off the 512-byte stack).
     #[map(name = "PC_CONN_SCRATCH")]
@@ -193,7 +206,13 @@ mod prog {
             generated::bpf_get_current_comm(conn.comm.as_mut_ptr().cast(), COMM_LEN as u32);
         }
 
-        let target = lookup_target(addr, port);
+        // Most connects are to unprotected destinations: one address-only lookup
+        // settles them before the (port, address) lookups.
+        let target = if TARGET_ADDRS.get(&Key::new(128, *addr)).is_some() {
+            lookup_target(addr, port)
+        } else {
+            None
+        };
         let exempt = {
             let sk = unsafe { (*sa).__bindgen_anon_1.sk };
             let mark = unsafe { read_volatile(&(*sk).mark) };

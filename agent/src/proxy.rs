@@ -4,13 +4,13 @@
 //! idle timeout. One audit record per connection.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_common::TupleKey;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::identity::{self, Attribution};
@@ -313,14 +313,12 @@ pub async fn relay(
     idle: Option<Duration>,
 ) -> (u64, u64, &'static str, Option<String>) {
     let _ = client.set_nodelay(true);
-    let last = Arc::new(AtomicU64::new(0));
+    let last = AtomicU64::new(0);
     let t0 = Instant::now();
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    let up_bytes = Arc::new(AtomicU64::new(0));
-    let down_bytes = Arc::new(AtomicU64::new(0));
-    let up = pump(cr, uw, last.clone(), t0, up_bytes.clone());
-    let down = pump(ur, cw, last.clone(), t0, down_bytes.clone());
+    let up_bytes = AtomicU64::new(0);
+    let down_bytes = AtomicU64::new(0);
+    let up = pump(&client, &upstream, &last, t0, &up_bytes);
+    let down = pump(&upstream, &client, &last, t0, &down_bytes);
     let both = async { tokio::join!(up, down) };
     tokio::pin!(both);
     let watchdog = async {
@@ -351,28 +349,105 @@ pub async fn relay(
     }
 }
 
+/// Bytes moved per splice(2) call.
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// Moves bytes from `src` to `dst` until EOF, then shuts down `dst`'s write side
+/// (half-close). Bytes go socket → pipe → socket with splice(2): the kernel moves
+/// pages, no copy through userspace. Falls back to a buffered copy if no pipe
+/// can be made.
 async fn pump(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    last: Arc<AtomicU64>,
+    src: &TcpStream,
+    dst: &TcpStream,
+    last: &AtomicU64,
     t0: Instant,
-    total: Arc<AtomicU64>,
+    total: &AtomicU64,
 ) -> Option<String> {
-    let mut buf = vec![0u8; 64 * 1024];
+    use nix::fcntl::{FcntlArg, SpliceFFlags, fcntl, splice};
+    use std::io::ErrorKind::WouldBlock;
+    use tokio::io::Interest;
+
+    let Ok((pr, pw)) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+    else {
+        return copy_pump(src, dst, last, t0, total).await;
+    };
+    let _ = fcntl(&pw, FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK as i32));
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => return Some(format!("read: {e}")),
+        let n = loop {
+            if let Err(e) = src.readable().await {
+                return Some(format!("read: {e}"));
+            }
+            match src.try_io(Interest::READABLE, || {
+                splice(src, None, &pw, None, SPLICE_CHUNK, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == WouldBlock => continue,
+                Err(e) => return Some(format!("read: {e}")),
+            }
         };
-        if let Err(e) = w.write_all(&buf[..n]).await {
-            return Some(format!("write: {e}"));
+        if n == 0 {
+            let _ = nix::sys::socket::shutdown(dst.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+            return None;
+        }
+        let mut left = n;
+        while left > 0 {
+            if let Err(e) = dst.writable().await {
+                return Some(format!("write: {e}"));
+            }
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(&pr, None, dst, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == WouldBlock => continue,
+                Err(e) => return Some(format!("write: {e}")),
+            }
         }
         total.fetch_add(n as u64, Ordering::Relaxed);
         last.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
-    let _ = w.shutdown().await;
-    None
+}
+
+/// Buffered copy through userspace (used when splice is unavailable).
+async fn copy_pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    last: &AtomicU64,
+    t0: Instant,
+    total: &AtomicU64,
+) -> Option<String> {
+    use std::io::ErrorKind::WouldBlock;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = loop {
+            if let Err(e) = src.readable().await {
+                return Some(format!("read: {e}"));
+            }
+            match src.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == WouldBlock => continue,
+                Err(e) => return Some(format!("read: {e}")),
+            }
+        };
+        if n == 0 {
+            let _ = nix::sys::socket::shutdown(dst.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+            return None;
+        }
+        let mut off = 0;
+        while off < n {
+            if let Err(e) = dst.writable().await {
+                return Some(format!("write: {e}"));
+            }
+            match dst.try_write(&buf[off..n]) {
+                Ok(m) => off += m,
+                Err(e) if e.kind() == WouldBlock => continue,
+                Err(e) => return Some(format!("write: {e}")),
+            }
+        }
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Binds the agent's listeners (IPv4 and, when the host has it, IPv6).
@@ -402,6 +477,7 @@ pub fn bind(v4: Ipv4Addr, v6: Ipv6Addr, port: u16) -> std::io::Result<Vec<TcpLis
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn v6_roundtrip() {

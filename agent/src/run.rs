@@ -280,17 +280,33 @@ async fn consume_events(
     // I/O-safety condition `AsyncFd::new` cannot check by itself.
     #[allow(deprecated)]
     let mut fd = AsyncFd::new(rb)?;
+    // The kernel wakes us only when the ring fills or for bypass events; a short
+    // timer drains the rest, so a connect never pays for a wake-up.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let rb = guard.get_inner_mut();
-        while let Some(item) = rb.next() {
-            let Some(ev) = ebpf::parse_event(&item) else {
-                continue;
-            };
-            drop(item);
-            handle_event(&shared, &ev);
+        let timer = tokio::select! {
+            r = fd.readable_mut() => {
+                let mut guard = r?;
+                drain_events(&shared, guard.get_inner_mut());
+                guard.clear_ready();
+                false
+            }
+            _ = tick.tick() => true,
+        };
+        if timer {
+            drain_events(&shared, fd.get_mut());
         }
-        guard.clear_ready();
+    }
+}
+
+fn drain_events(shared: &Shared, rb: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    while let Some(item) = rb.next() {
+        let ev = ebpf::parse_event(&item);
+        drop(item);
+        if let Some(ev) = ev {
+            handle_event(shared, &ev);
+        }
     }
 }
 

@@ -218,12 +218,12 @@ fn datapath() -> Result<()> {
     println!("bench: {ROUNDS} rounds, alternating direct / portcullis / socat");
     for round in 1..=ROUNDS {
         conn_plain.push(
-            in_cg(&plain, &loadgen, &["connect", "20000", &u])?["p50_us"]
+            in_cg(&plain, &loadgen, &["connect", "10000", &u])?["p50_us"]
                 .as_f64()
                 .unwrap_or(f64::NAN),
         );
         conn_hooked.push(
-            in_cg(&hooked, &loadgen, &["connect", "20000", &u])?["p50_us"]
+            in_cg(&hooked, &loadgen, &["connect", "10000", &u])?["p50_us"]
                 .as_f64()
                 .unwrap_or(f64::NAN),
         );

@@ -98,6 +98,16 @@ fn main() {
                 match TcpStream::connect(a) {
                     Ok(s) => {
                         lat.push(t.elapsed());
+                        // Close with RST: thousands of TIME_WAIT sockets would
+                        // exhaust ephemeral ports and skew later samples.
+                        let _ = nix::sys::socket::setsockopt(
+                            &s,
+                            nix::sys::socket::sockopt::Linger,
+                            &nix::libc::linger {
+                                l_onoff: 1,
+                                l_linger: 0,
+                            },
+                        );
                         drop(s);
                     }
                     Err(_) => errors += 1,
