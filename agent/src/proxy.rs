@@ -319,7 +319,29 @@ pub async fn relay(
     let down_bytes = AtomicU64::new(0);
     let up = pump(&client, &upstream, &last, t0, &up_bytes);
     let down = pump(&upstream, &client, &last, t0, &down_bytes);
-    let both = async { tokio::join!(up, down) };
+    // A clean EOF half-closes and the other direction carries on; an error (a
+    // reset, say) in either direction ends the whole session at once.
+    let both = async {
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut up, if !up_done => {
+                    if r.is_some() {
+                        return r;
+                    }
+                    up_done = true;
+                }
+                r = &mut down, if !down_done => {
+                    if r.is_some() {
+                        return r;
+                    }
+                    down_done = true;
+                }
+            }
+        }
+        None
+    };
     tokio::pin!(both);
     let watchdog = async {
         let Some(idle) = idle else {
@@ -335,8 +357,7 @@ pub async fn relay(
         }
     };
     tokio::select! {
-        (ea, eb) = &mut both => {
-            let err = ea.or(eb);
+        err = &mut both => {
             let end = if err.is_some() { "error" } else { "closed" };
             (up_bytes.load(Ordering::Relaxed), down_bytes.load(Ordering::Relaxed), end, err)
         }
@@ -514,5 +535,32 @@ mod tests {
         assert_eq!(back, b"hello world");
         let (up, down, end, err) = proxy.await.expect("join");
         assert_eq!((up, down, end, err), (11, 11, "closed", None));
+    }
+
+    #[tokio::test]
+    async fn relay_ends_when_the_client_resets_even_if_upstream_is_silent() {
+        let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let saddr = server.local_addr().expect("addr");
+        // Upstream accepts and never sends anything.
+        tokio::spawn(async move {
+            let (_s, _) = server.accept().await.expect("accept");
+            std::future::pending::<()>().await;
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let faddr = front.local_addr().expect("addr");
+        let proxy = tokio::spawn(async move {
+            let (c, _) = front.accept().await.expect("accept");
+            let u = TcpStream::connect(saddr).await.expect("connect");
+            relay(c, u, None).await
+        });
+        let c = TcpStream::connect(faddr).await.expect("connect");
+        c.set_linger(Some(Duration::ZERO)).expect("linger");
+        drop(c); // RST
+        // Bounded only to turn a hang into a failure, not to measure anything.
+        let (_, _, end, err) = tokio::time::timeout(Duration::from_secs(30), proxy)
+            .await
+            .expect("relay must end after a reset")
+            .expect("join");
+        assert_eq!(end, "error", "{err:?}");
     }
 }

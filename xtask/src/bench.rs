@@ -159,9 +159,9 @@ fn datapath() -> Result<()> {
 
     let (p_port, u_port, agent_port, socat_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
-    for port in [p_port, u_port] {
+    for (mode, port) in [("server", p_port), ("acceptor", u_port)] {
         let c = spawn_ready(
-            Command::new(&loadgen).args(["server", &format!("127.0.0.1:{port}")]),
+            Command::new(&loadgen).args([mode, &format!("127.0.0.1:{port}")]),
             "listening",
         )?;
         g.children.push(c);

@@ -3,6 +3,7 @@
 //! server ADDR               accept loop; the first byte of each connection picks the mode:
 //!                           'S' sink (count to EOF, reply with the count), 'E' echo,
 //!                           EOF (connect-only) closes.
+//! acceptor ADDR             accept and close at once, no thread per connection (for connect)
 //! connect N ADDR            N sequential connects; prints connect() latency percentiles
 //! throughput MIB ADDR       sends MIB MiB through one connection; prints MB/s
 //! pingpong N ADDR           N one-byte round trips on one connection; prints RTT percentiles
@@ -29,11 +30,44 @@ fn addr(s: &str) -> SocketAddr {
     })
 }
 
+/// A listener with a deep accept queue: a full queue drops SYNs, and the client then
+/// waits a whole retransmit timeout, which is not what is being measured.
+fn listen(a: &str) -> TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket, sockopt,
+    };
+    let sa = match addr(a) {
+        SocketAddr::V4(v4) => SockaddrIn::from(v4),
+        SocketAddr::V6(_) => {
+            eprintln!("IPv4 only: {a}");
+            std::process::exit(2)
+        }
+    };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .and_then(|fd| {
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+            bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &sa)?;
+            listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
+            Ok(fd)
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("listen {a}: {e}");
+            std::process::exit(1)
+        });
+    TcpListener::from(fd)
+}
+
+fn acceptor(a: &str) {
+    let l = listen(a);
+    println!("{{\"listening\":\"{}\"}}", l.local_addr().map(|x| x.to_string()).unwrap_or_default());
+    let _ = std::io::stdout().flush();
+    for s in l.incoming() {
+        drop(s);
+    }
+}
+
 fn serve(a: &str) {
-    let l = TcpListener::bind(addr(a)).unwrap_or_else(|e| {
-        eprintln!("bind {a}: {e}");
-        std::process::exit(1)
-    });
+    let l = listen(a);
     println!(
         "{{\"listening\":\"{}\"}}",
         l.local_addr().map(|x| x.to_string()).unwrap_or_default()
@@ -88,6 +122,7 @@ fn main() {
     };
     match arg(0) {
         "server" => serve(arg(1)),
+        "acceptor" => acceptor(arg(1)),
         "connect" => {
             let n = num(1);
             let a = addr(arg(2));
