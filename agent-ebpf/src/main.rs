@@ -81,11 +81,11 @@ mod prog {
 
     /// Attribution and bypass events.
     #[map(name = "PC_EVENTS")]
-    static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+    static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
     /// At most one bypass event per CPU in this many nanoseconds (drops are always counted).
     const BYPASS_EVENT_INTERVAL_NS: u64 = 100_000_000;
-    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
     const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
     /// Full prefix of a TargetKey: 16 port bits and 128 address bits.
     const FULL_PREFIX: u32 = 16 + 128;
@@ -134,11 +134,9 @@ mod prog {
                     (*p)._pad = 0;
                     core::ptr::copy_nonoverlapping(conn, &mut (*p).conn, 1);
                 }
-                // No wake-up per event: the agent drains the ring on a short timer.
-                // Only a filling ring (or a bypass event) wakes it at once.
-                let flags = if kind == event_kind::BYPASS
-                    || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_THRESHOLD
-                {
+                // No wake-up per event: the agent drains the ring every 50 ms (1 MiB
+                // holds ~9,000 events). A bypass event wakes it at once.
+                let flags = if kind == event_kind::BYPASS {
                     BPF_RB_FORCE_WAKEUP as u64
                 } else {
                     BPF_RB_NO_WAKEUP as u64
@@ -148,9 +146,6 @@ mod prog {
             None => bump(counter::EVENTS_LOST),
         }
     }
-
-    /// Bytes waiting in the ring above which a submit wakes the agent at once.
-    const WAKEUP_THRESHOLD: u64 = 64 * 1024;
 
     /// Per-CPU scratch ConnInfo for the connect path (kept off the 512-byte stack).
     #[map(name = "PC_CONN_SCRATCH")]
@@ -329,6 +324,17 @@ mod prog {
     #[sock_ops]
     pub fn pc_sockops(ctx: SockOpsContext) -> u32 {
         if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+            return 1;
+        }
+        // Only a redirected socket is connected to the agent's listener: skip the
+        // cookie and map lookup for every other connection.
+        let Some(cfg) = CONFIG.get(0) else {
+            return 1;
+        };
+        // remote_port: network-order port in the upper 16 bits on little-endian.
+        if (ctx.remote_port() >> 16) as u16 != cfg.listen_port.to_be()
+            && ctx.remote_port() as u16 != cfg.listen_port.to_be()
+        {
             return 1;
         }
         let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };

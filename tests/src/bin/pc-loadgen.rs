@@ -34,7 +34,8 @@ fn addr(s: &str) -> SocketAddr {
 /// waits a whole retransmit timeout, which is not what is being measured.
 fn listen(a: &str) -> TcpListener {
     use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket, sockopt,
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
     };
     let sa = match addr(a) {
         SocketAddr::V4(v4) => SockaddrIn::from(v4),
@@ -43,23 +44,31 @@ fn listen(a: &str) -> TcpListener {
             std::process::exit(2)
         }
     };
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .and_then(|fd| {
-            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-            bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &sa)?;
-            listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
-            Ok(fd)
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("listen {a}: {e}");
-            std::process::exit(1)
-        });
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &sa)?;
+        listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
+        Ok(fd)
+    })
+    .unwrap_or_else(|e| {
+        eprintln!("listen {a}: {e}");
+        std::process::exit(1)
+    });
     TcpListener::from(fd)
 }
 
 fn acceptor(a: &str) {
     let l = listen(a);
-    println!("{{\"listening\":\"{}\"}}", l.local_addr().map(|x| x.to_string()).unwrap_or_default());
+    println!(
+        "{{\"listening\":\"{}\"}}",
+        l.local_addr().map(|x| x.to_string()).unwrap_or_default()
+    );
     let _ = std::io::stdout().flush();
     for s in l.incoming() {
         drop(s);
