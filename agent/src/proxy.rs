@@ -554,7 +554,15 @@ mod tests {
             relay(c, u, None).await
         });
         let c = TcpStream::connect(faddr).await.expect("connect");
-        c.set_linger(Some(Duration::ZERO)).expect("linger");
+        nix::sys::socket::setsockopt(
+            &c,
+            nix::sys::socket::sockopt::Linger,
+            &nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .expect("linger");
         drop(c); // RST
         // Bounded only to turn a hang into a failure, not to measure anything.
         let (_, _, end, err) = tokio::time::timeout(Duration::from_secs(30), proxy)

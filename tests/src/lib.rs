@@ -311,9 +311,18 @@ fn serve_one(s: &mut TcpStream, reply: Reply, bytes: &AtomicU64) {
 /// Is the socket at `peer` (the client end of a connection to us) owned by a
 /// process in cgroup `cg` (or below)?
 fn peer_owned_by_cgroup(peer: SocketAddr, cg: &Path) -> bool {
-    let Some(inode) = socket_inode(peer) else {
-        return false;
-    };
+    // /proc/net/tcp is read in pages while sockets come and go: an entry can be
+    // missed under churn, so look a few times before concluding.
+    for _ in 0..20 {
+        if let Some(inode) = socket_inode(peer) {
+            return inode_owned_by_cgroup(inode, cg);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+fn inode_owned_by_cgroup(inode: u64, cg: &Path) -> bool {
     let needle = format!("socket:[{inode}]");
     let mut pids = Vec::new();
     let mut stack = vec![cg.to_path_buf()];
@@ -372,6 +381,8 @@ pub struct AgentOpts {
     /// Run the agent itself inside this cgroup (proves its upstream sockets are exempt).
     pub agent_cgroup: Option<PathBuf>,
     pub idle_timeout_secs: u64,
+    /// Extra environment for the agent process (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOpts {
@@ -379,6 +390,7 @@ impl Default for AgentOpts {
         Self {
             agent_cgroup: None,
             idle_timeout_secs: 60,
+            env: Vec::new(),
         }
     }
 }
@@ -392,6 +404,7 @@ pub struct Agent {
     pub port: u16,
     pub cgroup: PathBuf,
     opts_cgroup: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -424,6 +437,7 @@ impl Agent {
             port,
             cgroup: cgroup.to_owned(),
             opts_cgroup: opts.agent_cgroup,
+            env: opts.env,
         };
         a.spawn();
         a
@@ -442,7 +456,12 @@ impl Agent {
                 c
             }
         };
-        let log = std::fs::File::create(self.dir.0.join("agent.log")).expect("agent log");
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("agent.log"))
+            .expect("agent log");
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(log)
@@ -470,6 +489,29 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent with SIGTERM and waits for it (enforcement stays pinned).
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent is running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().expect("agent exit")
+    }
+
+    /// Names of the link pins currently under this agent's bpffs directory.
+    pub fn link_pins(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.bpffs.join("links"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     pub fn kill9(&mut self) {

@@ -567,3 +567,127 @@ fn detach_is_explicit_audited_and_stops_the_agent_with_status_10() {
         .unwrap_or_else(|| panic!("no enforcement_detached record"));
     assert!(d["removed_pins"].as_array().is_some_and(|a| !a.is_empty()));
 }
+
+#[test]
+fn sigterm_leaves_enforcement_pinned_and_upgrade_swaps_generations_without_a_gap() {
+    if !privileged("sigterm_leaves_enforcement_pinned_and_upgrade_swaps_generations_without_a_gap")
+    {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("up");
+    let server = Server::start("127.0.0.1:0", Reply::Echo, Some(unit.clone()));
+    let p = server.port().to_string();
+    let mut agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY),
+        AgentOpts::default(),
+    );
+    let first = agent.link_pins();
+    assert_eq!(first.len(), 4, "four pinned links: {first:?}");
+
+    // SIGTERM: orderly stop, enforcement stays, connects fail closed.
+    let st = agent.sigterm();
+    assert!(st.success(), "SIGTERM exit: {st:?}");
+    assert_eq!(agent.link_pins(), first, "SIGTERM must leave the pins");
+    let r = client(&unit, &["echo", "127.0.0.1", &p]);
+    assert_eq!(
+        r["errno"], 111,
+        "fail closed (ECONNREFUSED) while stopped: {r}"
+    );
+
+    // Simulate a previous generation: rename the pins to another object hash. They
+    // stay attached. The next start finds no pins of its own generation, attaches
+    // and pins new programs, and only then removes the old ones.
+    for name in &first {
+        let old = name
+            .rsplit_once('-')
+            .map(|(a, _)| format!("{a}-000000000000"))
+            .expect("pin name");
+        std::fs::rename(
+            agent.bpffs.join("links").join(name),
+            agent.bpffs.join("links").join(&old),
+        )
+        .expect("rename pin");
+    }
+    let dir = portcullis_tests::TempDir::new("portcullis-test-upgrade");
+    let stop = dir.0.join("stop");
+    let py = portcullis_tests::client_py();
+    let looper = portcullis_tests::in_cgroup(
+        &unit,
+        &[
+            "python3",
+            py.to_str().expect("path"),
+            "loop",
+            "127.0.0.1",
+            &p,
+            stop.to_str().expect("path"),
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn loop client");
+    std::thread::sleep(Duration::from_millis(300));
+    agent.spawn();
+    let st = agent.status();
+    assert_eq!(
+        st["enforcement"]["adopted_from_pins"], false,
+        "a new generation must be attached: {st:#}"
+    );
+    assert_eq!(
+        agent.link_pins(),
+        first,
+        "old generation pins must be replaced by the new ones"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, "1").expect("stop loop");
+    let out = looper.wait_with_output().expect("loop client");
+    let v: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("loop JSON");
+    assert!(
+        v["good"].as_u64().unwrap_or(0) > 0,
+        "no connects served after the upgrade: {v}"
+    );
+    assert_eq!(
+        server
+            .direct_from_cgroup
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a connection bypassed the agent during the generation swap"
+    );
+}
+
+#[test]
+fn systemd_notify_ready_and_watchdog() {
+    if !privileged("systemd_notify_ready_and_watchdog") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let dir = portcullis_tests::TempDir::new("portcullis-test-notify");
+    let sock_path = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let server = Server::start("127.0.0.1:0", Reply::Echo, None);
+    let _agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY),
+        AgentOpts {
+            env: vec![
+                ("NOTIFY_SOCKET".into(), sock_path.display().to_string()),
+                ("WATCHDOG_USEC".into(), "400000".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no sd_notify message ({e}); got {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+}
