@@ -97,6 +97,10 @@ pub struct AgentConfig {
     pub audit_sync: AuditSync,
     /// Records buffered between the proxy and the audit writer.
     pub audit_queue: usize,
+    /// Check the policy directory for changes this often (seconds; 0 = only on
+    /// SIGHUP and `portcullis policy reload`). A change is loaded once the files
+    /// have stayed the same for one more interval.
+    pub policy_watch_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -117,6 +121,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             audit_sync: AuditSync::Batch,
             audit_queue: 65_536,
+            policy_watch_secs: 2,
         }
     }
 }

@@ -55,10 +55,12 @@ impl Attribution {
             gid: Some(self.gid),
             group: self.group.clone(),
             exe: self.exe.clone(),
+            exe_sha256: None,
             comm: Some(self.comm.clone()),
             cgroup: self.cgroup.clone(),
             unit: self.unit.clone(),
             slice: self.slice.clone(),
+            token: None,
         }
     }
 }

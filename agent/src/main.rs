@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Audit log tools (work offline, on a copy of the files).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Remove enforcement (unpin all programs and maps). Audited. Stops the agent.
     Detach {
         #[command(flatten)]
@@ -66,6 +71,21 @@ enum Command {
         /// Required: removing enforcement is never implicit.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain and signed checkpoints of an audit log: reports the
+    /// first modified, deleted, inserted, reordered or truncated record.
+    Verify {
+        /// Public key file (audit-signing.pub) to check checkpoint signatures
+        /// against; without it, the key embedded in the checkpoints is used.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// Audit directory or audit.jsonl file.
+        #[arg(default_value = "/var/lib/portcullis/audit")]
+        path: PathBuf,
     },
 }
 
@@ -80,6 +100,43 @@ enum PolicyCommand {
     Reload {
         #[command(flatten)]
         target: AgentTarget,
+    },
+    /// Decision time of the policy engine on a synthetic policy (for `cargo xtask bench policy`).
+    #[command(hide = true)]
+    Bench {
+        #[arg(long)]
+        rules: usize,
+        #[arg(long, default_value_t = 200_000)]
+        iterations: usize,
+    },
+    /// Draft a policy (monitor mode) from the flows the running agent observed.
+    Suggest {
+        #[command(flatten)]
+        target: AgentTarget,
+        /// Leave out flows seen fewer times than this.
+        #[arg(long, default_value_t = 1)]
+        min_connects: u64,
+    },
+    /// Run the policy unit tests (`*.test.yaml`) kept next to the policies.
+    Test {
+        /// Directory holding the policies and their tests.
+        dir: PathBuf,
+    },
+    /// Show how a request is decided: selectors, candidate rules, the winner and why.
+    Explain {
+        /// Policy directory or files.
+        #[arg(long, default_value = "/etc/portcullis/policies.d")]
+        policy: Vec<PathBuf>,
+        /// The workload, as key=value pairs: uid, gid, user, group, exe, exe_sha256,
+        /// comm, cgroup, unit, slice (e.g. `uid=0,exe=/usr/bin/psql`).
+        #[arg(long)]
+        workload: String,
+        /// Target name.
+        #[arg(long)]
+        target: String,
+        /// Decide at this UTC time (e.g. 2026-01-05T12:00:00Z) instead of now.
+        #[arg(long)]
+        at: Option<String>,
     },
 }
 
@@ -175,11 +232,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => match policy::CompiledPolicy::load(&paths) {
             Ok(p) => {
                 println!(
-                    "ok: {} file(s), {} workload(s), {} target(s), {} rule(s); sha256 {}",
+                    "ok: {} file(s), {} workload(s), {} target(s), {} rule(s), {} mask(s); sha256 {}",
                     p.files.len(),
                     p.workloads.len(),
                     p.targets.len(),
                     p.rules.len(),
+                    p.masks.len(),
                     p.hash
                 );
                 Ok(ExitCode::SUCCESS)
@@ -196,6 +254,78 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Policy {
+            command: PolicyCommand::Bench { rules, iterations },
+        } => {
+            let t = std::time::Instant::now();
+            let p = policy::bench::synthetic(rules.max(1)).map_err(|e| anyhow::anyhow!(e))?;
+            let compile_ms = t.elapsed().as_millis();
+            let (p50, p99) = policy::bench::run(&p, rules.max(1), iterations.max(1));
+            println!(
+                "{{\"rules\":{rules},\"compile_ms\":{compile_ms},\"p50_ns\":{p50},\"p99_ns\":{p99}}}"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Suggest {
+                    target,
+                    min_connects,
+                },
+        } => {
+            let v = admin::request(&target.socket()?, "flows")?;
+            let flows = v["flows"].as_array().cloned().unwrap_or_default();
+            print!("{}", policy::suggest::suggest(&flows, min_connects));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command: PolicyCommand::Test { dir },
+        } => {
+            let policy = match policy::CompiledPolicy::load(std::slice::from_ref(&dir)) {
+                Ok(p) => p,
+                Err(errs) => {
+                    for e in &errs.0 {
+                        eprintln!("error: {e}");
+                    }
+                    eprintln!("the policy set does not load; no test was run");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let report = policy::testing::run_dir(&policy, &dir);
+            println!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    policy: paths,
+                    workload,
+                    target,
+                    at,
+                },
+        } => {
+            let p = policy::CompiledPolicy::load(&paths)
+                .map_err(|e| anyhow::anyhow!("the policy set does not load:\n{e}"))?;
+            let subject = policy::explain::subject_from_pairs(&workload)
+                .map_err(|e| anyhow::anyhow!("--workload: {e}"))?;
+            let now = match at {
+                Some(t) => {
+                    policy::testing::parse_utc(&t).map_err(|e| anyhow::anyhow!("--at: {e}"))?
+                }
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            let (text, _) = policy::explain::explain(&p, &subject, &target, now)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
             command: PolicyCommand::Reload { target },
         } => {
             let v = admin::request(&target.socket()?, "reload")?;
@@ -206,6 +336,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
             })
         }
+        Command::Audit {
+            command: AuditCommand::Verify { pubkey, path },
+        } => audit::verify::cli_verify(&path, pubkey.as_deref()),
         Command::Detach { target, yes } => {
             if !yes {
                 anyhow::bail!(
@@ -244,8 +377,9 @@ fn detach(target: &AgentTarget) -> anyhow::Result<ExitCode> {
         }),
         Err(admin::AdminError::Connect { .. }) => {
             let cfg = target.config()?.unwrap_or_default();
-            let removed = ebpf::remove_pins(&cfg.bpffs_dir)?;
+            // The log first: if it cannot be written, enforcement stays.
             let log = audit::AuditLog::open(&cfg.audit_dir(), 16, cfg.audit_sync)?;
+            let removed = ebpf::remove_pins(&cfg.bpffs_dir)?;
             let _ = log.record(
                 "enforcement_detached",
                 json!({

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::identity::{self, Attribution};
-use crate::policy::{self, Decision, Effect};
+use crate::policy::{self, Decision, Outcome};
 use crate::state::Shared;
 
 /// Opaque per-connection id, unique on this host across restarts.
@@ -175,17 +175,27 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         }
         Some(t) => {
             rec.target = Some(&t.name);
-            decision = policy::evaluate(&policy, &attribution.subject(), t.id);
+            let subject = attribution.subject();
+            let now_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            decision = policy::evaluate(
+                &policy,
+                &policy::Request {
+                    subject: &subject,
+                    target: t.id,
+                    action: policy::Action::Connect,
+                    now_unix,
+                },
+            );
         }
     }
     rec.attribution = Some(&attribution);
     rec.rule = &decision.rule;
     rec.mode = Some(decision.mode);
     rec.workloads = &decision.workloads;
-    rec.policy_decision = Some(match decision.decided {
-        Effect::Allow => "allow",
-        Effect::Deny => "deny",
-    });
+    rec.policy_decision = Some(policy::effect_name(decision.decided));
     if !shared.audit.healthy() {
         rec.decision = "deny";
         rec.rule = "audit-unavailable";
@@ -194,7 +204,19 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         finish(&shared, &rec, started);
         return;
     }
-    if decision.effect == Effect::Deny {
+    if decision.outcome == Outcome::Hold {
+        // Approvals are not available yet: a held connection is refused, saying why.
+        tracing::info!(session = %session, pid = attribution.pid, destination = %dst, rule = %decision.rule, "connection requires approval; refused");
+        rec.decision = "deny";
+        rec.error = Some(format!(
+            "rule {} requires approval, which this agent cannot grant yet",
+            decision.rule
+        ));
+        shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        finish(&shared, &rec, started);
+        return;
+    }
+    if decision.outcome == Outcome::Deny {
         tracing::info!(session = %session, pid = attribution.pid, comm = %attribution.comm, destination = %dst, rule = %decision.rule, "connection denied");
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
         finish(&shared, &rec, started);
@@ -211,11 +233,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         finish(&shared, &rec, started);
         return;
     };
-    rec.decision = if decision.decided == Effect::Deny {
-        "would_deny"
-    } else {
-        "allow"
-    };
+    rec.decision = decision.label();
     shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
     // Evidence of access exists before any byte flows: if the agent dies mid-session,
     // the start record is still there.

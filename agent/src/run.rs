@@ -178,6 +178,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
             }
         });
     }
+    if shared.cfg.policy_watch_secs > 0 {
+        let s = shared.clone();
+        tokio::spawn(async move { watch_policy_dir(s).await });
+    }
     if let Some(every) = systemd::watchdog_interval() {
         tokio::spawn(async move {
             loop {
@@ -216,6 +220,50 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Stopped
     })
+}
+
+/// Names, sizes and modification times of the policy directory's files.
+fn dir_fingerprint(
+    dir: &std::path::Path,
+) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.file_name(), m.len(), m.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Reloads when the policy files change, once they have been stable for one
+/// interval (an editor's half-written save is not loaded).
+async fn watch_policy_dir(shared: Arc<Shared>) {
+    let every = Duration::from_secs(shared.cfg.policy_watch_secs);
+    let dir = shared.cfg.policy_dir.clone();
+    let mut loaded = dir_fingerprint(&dir);
+    let mut pending: Option<Vec<_>> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = dir_fingerprint(&dir);
+        if now == loaded {
+            pending = None;
+            continue;
+        }
+        if pending.as_ref() == Some(&now) {
+            if let Err(e) = reload(&shared, "file-change") {
+                tracing::error!(error = %e, "policy change refused; the last good policy stays in force");
+            }
+            loaded = now;
+            pending = None;
+        } else {
+            pending = Some(now);
+        }
+    }
 }
 
 /// Reloads the policy directory: all or nothing. Returns the new policy hash.
@@ -381,7 +429,7 @@ mod tests {
 
     fn policy(addresses: &str, ports: &str) -> CompiledPolicy {
         let text = format!(
-            "apiVersion: portcullis.dev/v0\ntargets:\n  - name: t\n    addresses: [{addresses}]\n    ports: [{ports}]\n    protocol: tcp\n"
+            "apiVersion: portcullis.dev/v1\ntargets:\n  - name: t\n    addresses: [{addresses}]\n    ports: [{ports}]\n    protocol: tcp\n"
         );
         CompiledPolicy::from_sources(&[(PathBuf::from("p.yaml"), text)]).expect("valid policy")
     }

@@ -481,7 +481,7 @@ fn policy_reload_keeps_last_good_and_updates_kernel_targets() {
         1
     );
     // A broken policy is refused; the old one stays in force.
-    std::fs::write(&pol, "apiVersion: portcullis.dev/v0\nrules: [oops").expect("write");
+    std::fs::write(&pol, "apiVersion: portcullis.dev/v1\nrules: [oops").expect("write");
     let out = agent.cli(&["policy", "reload"]);
     assert!(!out.status.success(), "a broken policy must be refused");
     let r = client(&unit, &["echo", "127.0.0.1", &a.port().to_string()]);

@@ -109,10 +109,55 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn bench(name: Option<&str>) -> Result<()> {
-    match name.unwrap_or("datapath") {
-        "datapath" | "all" => datapath(),
-        other => bail!("unknown benchmark `{other}` (available: datapath)"),
+    match name.unwrap_or("all") {
+        "datapath" => datapath(),
+        "policy" => policy(),
+        "all" => {
+            policy()?;
+            datapath()
+        }
+        other => bail!("unknown benchmark `{other}` (available: datapath, policy, all)"),
     }
+}
+
+/// Decision time of the policy engine (pure, no I/O) at 10, 1,000 and 10,000
+/// rules; goal: p50 ≤ 2 µs at 10,000 rules.
+fn policy() -> Result<()> {
+    setup::setup()?;
+    cargo(&["build", "--release", "-p", "portcullis"])?;
+    let bin = target_dir().join("release").join("portcullis");
+    println!(
+        "\n{:<10} {:>12} {:>12} {:>12}  goal",
+        "rules", "compile", "p50", "p99"
+    );
+    let mut report = Vec::new();
+    for rules in [10, 1_000, 10_000] {
+        let out =
+            output(Command::new(&bin).args(["policy", "bench", "--rules", &rules.to_string()]))?;
+        let v: Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+            .with_context(|| format!("policy bench output: {out}"))?;
+        let (p50, p99) = (
+            v["p50_ns"].as_f64().unwrap_or(f64::NAN),
+            v["p99_ns"].as_f64().unwrap_or(f64::NAN),
+        );
+        println!(
+            "{:<10} {:>9} ms {:>9.2} µs {:>9.2} µs  {}",
+            rules,
+            v["compile_ms"],
+            p50 / 1000.0,
+            p99 / 1000.0,
+            if rules == 10_000 { "p50 <= 2 µs" } else { "" }
+        );
+        report.push(v);
+    }
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("policy.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("(written to {})", out.join("policy.json").display());
+    Ok(())
 }
 
 fn datapath() -> Result<()> {
@@ -174,7 +219,7 @@ fn datapath() -> Result<()> {
     std::fs::write(
         dir.join("policies").join("bench.yaml"),
         format!(
-            "apiVersion: portcullis.dev/v0\nworkloads:\n  - name: loadgen\n    match: {{ comm: \"pc-loadgen\" }}\ntargets:\n  - name: sink\n    addresses: [\"{PROTECTED_IP}\"]\n    ports: [{p_port}]\n    protocol: tcp\nrules:\n  - id: loadgen-allow\n    workloads: [loadgen]\n    targets: [sink]\n    effect: allow\n"
+            "apiVersion: portcullis.dev/v1\nworkloads:\n  - name: loadgen\n    match: {{ comm: \"pc-loadgen\" }}\ntargets:\n  - name: sink\n    addresses: [\"{PROTECTED_IP}\"]\n    ports: [{p_port}]\n    protocol: tcp\nrules:\n  - id: loadgen-allow\n    workloads: [loadgen]\n    targets: [sink]\n    effect: allow\n"
         ),
     )?;
     let cfg = dir.join("agent.yaml");

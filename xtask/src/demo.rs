@@ -297,16 +297,31 @@ pub fn demo(smoke: bool) -> Result<()> {
             None => {}
         }
     }
-    let kept = target_dir().join("demo-audit.jsonl");
-    let _ = std::fs::copy(&audit_path, &kept);
-    println!("\n(a copy of the audit log is kept at {})", kept.display());
-
     step("removing enforcement explicitly (portcullis detach --yes; audited)");
     if let Some(mut a) = d.agent.take() {
         let out = status(&["detach", "--yes"]);
         println!("{}", out.as_deref().unwrap_or("detach failed"));
         let _ = a.wait();
     }
+
+    step("what an auditor checks: portcullis audit verify --pubkey <host key> <log>");
+    let kept = target_dir().join("demo-audit");
+    let _ = std::fs::remove_dir_all(&kept);
+    std::fs::create_dir_all(&kept)?;
+    std::fs::copy(&audit_path, kept.join("audit.jsonl"))?;
+    let pubkey = dir.join("state").join("keys").join("audit-signing.pub");
+    std::fs::copy(&pubkey, kept.join("audit-signing.pub"))?;
+    let verify = Command::new(&agent_bin)
+        .args(["audit", "verify", "--pubkey"])
+        .arg(kept.join("audit-signing.pub"))
+        .arg(&kept)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&verify.stdout));
+    println!(
+        "(the log and the host's public key are kept in {})",
+        kept.display()
+    );
+    let verified = verify.status.success();
 
     let allowed_rec = recs.iter().any(|r| {
         r["event"] == "connection"
@@ -343,6 +358,9 @@ pub fn demo(smoke: bool) -> Result<()> {
         if bypass == 0 {
             problems.push("the raw-socket bypass was not counted");
         }
+        if !verified {
+            problems.push("the audit log did not verify");
+        }
         if !problems.is_empty() {
             bail!(
                 "demo smoke test failed: {}\nagent log:\n{}",
@@ -350,7 +368,7 @@ pub fn demo(smoke: bool) -> Result<()> {
                 std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
             );
         }
-        println!("demo smoke: 4 passed, 0 failed");
+        println!("demo smoke: 5 passed, 0 failed");
     }
     drop(d);
     Ok(())
@@ -370,6 +388,9 @@ fn short(r: &Value) -> String {
             "agent_version",
             "event",
             "policy_files",
+            "event_id",
+            "prev_hash",
+            "hash",
         ] {
             m.remove(k);
         }

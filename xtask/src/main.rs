@@ -21,7 +21,7 @@ commands:
   build [--release] build the agent (kernel programs included)
   test             run every test tier: lint, unit, policies, privileged end-to-end, demo smoke
   demo [--smoke]   throwaway PostgreSQL + the agent at the cgroup v2 root + a short workload
-  bench [NAME]     benchmarks printing ratios (NAME: datapath; default all)
+  bench [NAME]     benchmarks printing ratios (NAME: datapath, policy; default all)
   install          build release and install binary, unit file and config (as root)
   sweep            remove pins and cgroups left by crashed test runs";
 
@@ -107,7 +107,12 @@ fn test() -> Result<()> {
             "policies",
             run(std::process::Command::new(&bin)
                 .args(["policy", "check"])
-                .arg(root.join("policies"))),
+                .arg(root.join("policies")))
+            .and_then(|()| {
+                run(std::process::Command::new(&bin)
+                    .args(["policy", "test"])
+                    .arg(root.join("policies")))
+            }),
         );
     }
     if is_root() {

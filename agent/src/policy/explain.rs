@@ -1,0 +1,204 @@
+//! `portcullis policy explain`: which selectors matched, which rules were
+//! candidates, which won and why.
+
+use std::fmt::Write as _;
+
+use super::{Action, CompiledPolicy, Decision, Mode, Request, Subject, effect_name, evaluate};
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Enforce => "enforce",
+        Mode::Monitor => "monitor",
+    }
+}
+
+/// Parses `key=value,key=value` into a subject (keys: uid, gid, user, group, exe,
+/// exe_sha256, comm, cgroup, unit, slice).
+pub fn subject_from_pairs(s: &str) -> Result<Subject, String> {
+    let mut out = Subject::default();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not key=value"))?;
+        let v = v.to_string();
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("`{k}={v}`: not a number"))
+        };
+        match k {
+            "uid" => out.uid = Some(num(&v)?),
+            "gid" => out.gid = Some(num(&v)?),
+            "user" => out.user = Some(v),
+            "group" => out.group = Some(v),
+            "exe" => out.exe = Some(v),
+            "exe_sha256" => out.exe_sha256 = Some(v),
+            "comm" => out.comm = Some(v),
+            "cgroup" => out.cgroup = Some(v),
+            "unit" => out.unit = Some(v),
+            "slice" => out.slice = Some(v),
+            other => {
+                return Err(format!(
+                    "unknown workload fact `{other}` (known: uid, gid, user, group, exe, exe_sha256, comm, cgroup, unit, slice)"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A readable account of one decision.
+pub fn explain(
+    policy: &CompiledPolicy,
+    subject: &Subject,
+    target: &str,
+    now_unix: u64,
+) -> Result<(String, Decision), String> {
+    let t = policy.target_by_name(target).ok_or_else(|| {
+        let names: Vec<&str> = policy.targets.iter().map(|t| t.name.as_str()).collect();
+        format!(
+            "target `{target}` is not defined (targets: {})",
+            names.join(", ")
+        )
+    })?;
+    let mut s = String::new();
+    let addrs: Vec<String> = t.prefixes.iter().map(|p| p.display()).collect();
+    let ports = if t.ports.is_empty() {
+        "every port".to_string()
+    } else {
+        "port ".to_string()
+            + &t.ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "target {} ({}; {}; {}; defined in {} mode)",
+        t.name,
+        t.protocol.name(),
+        addrs.join(", "),
+        ports,
+        mode_name(t.mode)
+    );
+    let _ = writeln!(s, "\nworkloads:");
+    for w in &policy.workloads {
+        let ok = w.selector.matches(subject);
+        let fields: Vec<String> = w
+            .selector
+            .field_results(subject)
+            .iter()
+            .map(|(f, m)| format!("{f} {}", if *m { "✓" } else { "✗" }))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {} {:<24} {}   ({})",
+            if ok { "✓" } else { "✗" },
+            w.name,
+            fields.join("  "),
+            w.file.display()
+        );
+    }
+    let _ = writeln!(s, "\nrules naming {} (load order):", t.name);
+    let rules = policy.rules_for(t.id);
+    if rules.is_empty() {
+        let _ = writeln!(s, "  (none)");
+    }
+    for &ri in rules {
+        let r = &policy.rules[ri];
+        let names: Vec<&str> = r
+            .workloads
+            .iter()
+            .map(|w| policy.workloads[*w].name.as_str())
+            .collect();
+        let matched: Vec<&str> = r
+            .workloads
+            .iter()
+            .filter(|w| policy.workloads[**w].selector.matches(subject))
+            .map(|w| policy.workloads[*w].name.as_str())
+            .collect();
+        let status = if r.request_conditions.is_some() && r.effect != super::Effect::Allow {
+            "decides requests, not connections".to_string()
+        } else if r.time.as_ref().is_some_and(|w| !w.contains(now_unix)) {
+            "outside its time window".to_string()
+        } else if matched.is_empty() {
+            format!("not a candidate: none of [{}] matched", names.join(", "))
+        } else {
+            format!("candidate: {} matched", matched.join(", "))
+        };
+        let approval = r
+            .approval
+            .as_ref()
+            .map(|a| {
+                format!(
+                    " [approvers {}, {} needed, {}s]",
+                    a.approvers.join("/"),
+                    a.min_approvals,
+                    a.timeout.as_secs()
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:<28} {:<16} {:<8} {status}{approval}   ({}:{}){}",
+            r.id,
+            effect_name(r.effect),
+            if r.mode == Mode::Monitor {
+                "monitor"
+            } else {
+                "enforce"
+            },
+            r.file.display(),
+            r.line,
+            r.description
+                .as_ref()
+                .map(|d| format!("\n      {d}"))
+                .unwrap_or_default()
+        );
+    }
+    let masks: Vec<&str> = policy
+        .masks
+        .iter()
+        .filter(|m| m.targets.contains(&t.id))
+        .filter(|m| {
+            m.workloads.as_ref().is_none_or(|ws| {
+                ws.iter()
+                    .any(|w| policy.workloads[*w].selector.matches(subject))
+            })
+        })
+        .map(|m| m.id.as_str())
+        .collect();
+    if !masks.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nmasks that would apply to responses: {}",
+            masks.join(", ")
+        );
+    }
+    let d = evaluate(
+        policy,
+        &Request {
+            subject,
+            target: t.id,
+            action: Action::Connect,
+            now_unix,
+        },
+    );
+    let why = if d.rule == super::DEFAULT_DENY {
+        "no rule decided this connection, so the default applies".to_string()
+    } else {
+        "precedence is deny > require_approval > allow, then load order; only enforce-mode rules decide, monitor-mode rules are recorded as what would have happened".to_string()
+    };
+    let _ = writeln!(
+        s,
+        "\ndecision: {} by rule {} ({} mode) → {}\n  {why}",
+        effect_name(d.decided),
+        d.rule,
+        mode_name(d.mode),
+        match d.label() {
+            "held" => "held for approval (refused until approvals are available)",
+            other => other,
+        }
+    );
+    Ok((s, d))
+}

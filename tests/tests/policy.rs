@@ -1,0 +1,188 @@
+//! Privileged end-to-end tests of policy behaviour on the real data path:
+//! monitor mode, and reloads under load.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use portcullis_tests::{
+    Agent, AgentOpts, Reply, Server, TempDir, TestCgroup, agent_bin, client, privileged,
+};
+use serde_json::Value;
+
+fn policy(mode: &str, port: u16, rule_id: &str, effect: &str) -> String {
+    format!(
+        "apiVersion: portcullis.dev/v1\nmode: {mode}\nworkloads:\n  - name: py\n    match: {{ exe: \"*python3*\" }}\ntargets:\n  - name: svc\n    addresses: [\"127.0.0.1\"]\n    ports: [{port}]\n    protocol: tcp\nrules:\n  - id: {rule_id}\n    workloads: [py]\n    targets: [svc]\n    effect: {effect}\n"
+    )
+}
+
+/// The sha256 the agent will report for a policy directory holding `text` as test.yaml.
+fn policy_hash(text: &str) -> String {
+    let dir = TempDir::new("portcullis-test-hash");
+    std::fs::write(dir.0.join("test.yaml"), text).expect("write");
+    let out = std::process::Command::new(agent_bin())
+        .args(["policy", "check"])
+        .arg(&dir.0)
+        .output()
+        .expect("policy check");
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.split("sha256 ")
+        .nth(1)
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| panic!("no hash in `{s}`"))
+}
+
+#[test]
+fn monitor_mode_lets_a_denied_connection_through_and_says_so() {
+    if !privileged("monitor_mode_lets_a_denied_connection_through_and_says_so") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("m");
+    let server = Server::start("127.0.0.1:0", Reply::Echo, Some(unit.clone()));
+    let agent = Agent::start(
+        &cg.slice,
+        &policy("monitor", server.port(), "py-would-be-denied", "deny"),
+        AgentOpts::default(),
+    );
+    let r = client(&unit, &["echo", "127.0.0.1", &server.port().to_string()]);
+    assert_eq!(r["ok"], true, "monitor mode must not block: {r}");
+    assert_eq!(r["reply"], "ping");
+    let recs = agent.connections(1);
+    let rec = &recs[0];
+    assert_eq!(rec["decision"], "would_deny", "{rec:#}");
+    assert_eq!(rec["policy_decision"], "deny");
+    assert_eq!(rec["rule"], "py-would-be-denied");
+    assert_eq!(rec["mode"], "monitor");
+    assert_eq!(
+        server.direct_from_cgroup.load(Ordering::Relaxed),
+        0,
+        "it went through the agent"
+    );
+}
+
+#[test]
+fn reload_under_load_never_mixes_policies() {
+    if !privileged("reload_under_load_never_mixes_policies") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("flip");
+    let server = Server::start("127.0.0.1:0", Reply::Echo, Some(unit.clone()));
+    let port = server.port();
+    let a = policy("enforce", port, "version-a-allows", "allow");
+    let b = policy("enforce", port, "version-b-denies", "deny");
+    let (hash_a, hash_b) = (policy_hash(&a), policy_hash(&b));
+    assert_ne!(hash_a, hash_b);
+    let agent = Agent::start(&cg.slice, &a, AgentOpts::default());
+    let file = agent.dir.0.join("policies").join("test.yaml");
+    let dir = TempDir::new("portcullis-test-flip");
+    let stop = dir.0.join("stop");
+    let py = portcullis_tests::client_py();
+    let looper = portcullis_tests::in_cgroup(
+        &unit,
+        &[
+            "python3",
+            py.to_str().expect("path"),
+            "loop",
+            "127.0.0.1",
+            &port.to_string(),
+            stop.to_str().expect("path"),
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("loop client");
+    for i in 0..20 {
+        let text = if i % 2 == 0 { &b } else { &a };
+        std::fs::write(&file, text).expect("write policy");
+        let out = agent.cli(&["policy", "reload"]);
+        assert!(
+            out.status.success(),
+            "reload {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    std::fs::write(&stop, "1").expect("stop");
+    let _ = looper.wait_with_output();
+    let recs = agent.connections(10);
+    assert!(
+        recs.len() >= 10,
+        "too few connections to say anything: {}",
+        recs.len()
+    );
+    let (mut seen_a, mut seen_b) = (0, 0);
+    for r in &recs {
+        let hash = r["policy_hash"].as_str().unwrap_or("");
+        let (rule, decision) = (
+            r["rule"].as_str().unwrap_or(""),
+            r["decision"].as_str().unwrap_or(""),
+        );
+        if hash == hash_a {
+            assert_eq!((rule, decision), ("version-a-allows", "allow"), "{r:#}");
+            seen_a += 1;
+        } else if hash == hash_b {
+            assert_eq!((rule, decision), ("version-b-denies", "deny"), "{r:#}");
+            seen_b += 1;
+        } else {
+            panic!("a record names a policy hash that was never in force: {r:#}");
+        }
+    }
+    assert!(
+        seen_a > 0 && seen_b > 0,
+        "both versions should have decided connections: a={seen_a} b={seen_b}"
+    );
+    let loads: Vec<Value> = agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "policy_load")
+        .collect();
+    assert!(
+        loads.len() >= 20,
+        "every reload is audited: {}",
+        loads.len()
+    );
+}
+
+#[test]
+fn a_policy_file_change_is_picked_up_without_a_signal() {
+    if !privileged("a_policy_file_change_is_picked_up_without_a_signal") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("w");
+    let server = Server::start("127.0.0.1:0", Reply::Echo, Some(unit.clone()));
+    let port = server.port();
+    let agent = Agent::start(
+        &cg.slice,
+        &policy("enforce", port, "deny-first", "deny"),
+        AgentOpts::default(),
+    );
+    let r = client(&unit, &["echo", "127.0.0.1", &port.to_string()]);
+    assert_ne!(r["reply"], "ping", "denied at first: {r}");
+    std::fs::write(
+        agent.dir.0.join("policies").join("test.yaml"),
+        policy("enforce", port, "allow-now", "allow"),
+    )
+    .expect("write");
+    // The watcher loads a change once it has been stable for one interval (2 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client(&unit, &["echo", "127.0.0.1", &port.to_string()]);
+        if r["reply"] == "ping" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new policy was never loaded:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let loads = agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "policy_load" && r["trigger"] == "file-change")
+        .count();
+    assert!(loads >= 1, "the reload was not audited as a file change");
+}
