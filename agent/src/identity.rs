@@ -45,6 +45,9 @@ pub struct Attribution {
     pub exited: bool,
     /// True when the process ran exec after connecting: /proc describes another program.
     pub exec_changed: bool,
+    /// sha256 of the executable (only when the policy selects on it, and the
+    /// process was still alive when the agent looked).
+    pub exe_sha256: Option<String>,
 }
 
 impl Attribution {
@@ -55,7 +58,7 @@ impl Attribution {
             gid: Some(self.gid),
             group: self.group.clone(),
             exe: self.exe.clone(),
-            exe_sha256: None,
+            exe_sha256: self.exe_sha256.clone(),
             comm: Some(self.comm.clone()),
             cgroup: self.cgroup.clone(),
             unit: self.unit.clone(),
@@ -175,7 +178,57 @@ fn proc_start_ns(pid: u32) -> Option<u64> {
 }
 
 /// Builds the attribution of a connection from the kernel record.
+/// sha256 of executables, cached by (device, inode, size, mtime): a binary is
+/// hashed once, and a replaced binary (new inode or mtime) is hashed again.
+#[derive(Default)]
+pub struct ExeHasher {
+    cache: Mutex<HashMap<(u64, u64, u64, i64), String>>,
+}
+
+impl ExeHasher {
+    /// Hashes the executable of a live process through /proc/<pid>/exe (the file
+    /// the process runs, even if its path was replaced or deleted since).
+    pub fn hash_of(&self, pid: u32) -> Option<String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut f = std::fs::File::open(format!("/proc/{pid}/exe")).ok()?;
+        let m = f.metadata().ok()?;
+        let key = (m.dev(), m.ino(), m.len(), m.mtime());
+        if let Some(h) = self.cache.lock().ok()?.get(&key) {
+            return Some(h.clone());
+        }
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() > 4096 {
+                c.clear();
+            }
+            c.insert(key, hex.clone());
+        }
+        Some(hex)
+    }
+}
+
+#[cfg(test)]
 pub fn resolve(conn: &ConnInfo, exec: Option<ExecInfo>, cgroups: &CgroupResolver) -> Attribution {
+    resolve_with(conn, exec, cgroups, None)
+}
+
+/// As [`resolve`]; with a hasher, also the executable's sha256 (live processes only).
+pub fn resolve_with(
+    conn: &ConnInfo,
+    exec: Option<ExecInfo>,
+    cgroups: &CgroupResolver,
+    hasher: Option<&ExeHasher>,
+) -> Attribution {
     let pid = conn.tgid;
     let mut a = Attribution {
         pid,
@@ -224,6 +277,7 @@ pub fn resolve(conn: &ConnInfo, exec: Option<ExecInfo>, cgroups: &CgroupResolver
     a.exec_changed = execd_since;
     if same_process && !execd_since {
         a.start_boot_ns = start;
+        a.exe_sha256 = hasher.and_then(|h| h.hash_of(pid));
         let base = PathBuf::from(format!("/proc/{pid}"));
         if let Ok(exe) = std::fs::read_link(base.join("exe")) {
             let exe = exe

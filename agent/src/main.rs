@@ -117,6 +117,8 @@ enum PolicyCommand {
         #[arg(long, default_value_t = 1)]
         min_connects: u64,
     },
+    /// Print the JSON Schema of the policy format (for editors).
+    Schema,
     /// Run the policy unit tests (`*.test.yaml`) kept next to the policies.
     Test {
         /// Directory holding the policies and their tests.
@@ -275,6 +277,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let v = admin::request(&target.socket()?, "flows")?;
             let flows = v["flows"].as_array().cloned().unwrap_or_default();
             print!("{}", policy::suggest::suggest(&flows, min_connects));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command: PolicyCommand::Schema,
+        } => {
+            print!("{}", policy::spec::json_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {

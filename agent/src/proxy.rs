@@ -144,8 +144,10 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         .and_then(|e| e.exec_of(conn.tgid));
     // /proc reads and user lookups block: keep them off the async workers.
     let s2 = shared.clone();
+    let policy_needs_hash = policy.needs_exe_sha256;
     let attribution = match tokio::task::spawn_blocking(move || {
-        identity::resolve(&conn, exec, &s2.cgroups)
+        let hasher = policy_needs_hash.then_some(&s2.exe_hasher);
+        identity::resolve_with(&conn, exec, &s2.cgroups, hasher)
     })
     .await
     {

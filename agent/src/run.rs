@@ -211,7 +211,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
     systemd::notify("STOPPING=1");
     let _ = shared.audit.record(
         "agent_stop",
-        json!({"reason": reason, "enforcement_left_pinned": reason != "detach"}),
+        json!({
+            "reason": reason,
+            "enforcement_left_pinned": reason != "detach",
+            "policy_hash": shared.policy().hash,
+        }),
     );
     shared.audit.flush(Duration::from_secs(5));
     tracing::info!(reason, "agent stopped");
@@ -313,7 +317,12 @@ pub fn detach(shared: &Shared) -> Result<Vec<String>, String> {
     let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
     let _ = shared.audit.record(
         "enforcement_detached",
-        json!({"by": "admin socket", "bpffs_dir": dir, "removed_pins": removed}),
+        json!({
+            "by": "admin socket",
+            "bpffs_dir": dir,
+            "removed_pins": removed,
+            "policy_hash": shared.policy().hash,
+        }),
     );
     tracing::warn!(dir = %dir.display(), "enforcement detached by admin request; stopping");
     shared.shutdown.notify_one();
@@ -371,6 +380,7 @@ fn handle_event(shared: &Shared, ev: &agent_common::Event) {
             let _ = shared.audit.record(
                 "bypass_drop",
                 json!({
+                    "policy_hash": shared.policy().hash,
                     "destination": dst.to_string(),
                     "ip_protocol": ev.proto,
                     "uid": ev.conn.uid,
@@ -408,6 +418,7 @@ fn handle_event(shared: &Shared, ev: &agent_common::Event) {
                 let _ = shared.audit.record(
                     "kernel_deny",
                     json!({
+                        "policy_hash": shared.policy().hash,
                         "destination": dst.to_string(),
                         "pid": ev.conn.tgid,
                         "uid": ev.conn.uid,

@@ -186,3 +186,42 @@ fn a_policy_file_change_is_picked_up_without_a_signal() {
         .count();
     assert!(loads >= 1, "the reload was not audited as a file change");
 }
+
+#[test]
+fn a_workload_selected_by_executable_hash() {
+    if !privileged("a_workload_selected_by_executable_hash") {
+        return;
+    }
+    // The file python3 really runs (PATH may hold a wrapper script).
+    let real = std::process::Command::new("python3")
+        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+        .output()
+        .expect("python3");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let bytes = std::fs::read(&real).unwrap_or_else(|e| panic!("{real}: {e}"));
+    let hex: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let cg = TestCgroup::new();
+    let unit = cg.unit("h");
+    let server = Server::start("127.0.0.1:0", Reply::Echo, Some(unit.clone()));
+    let port = server.port();
+    let text = format!(
+        "apiVersion: portcullis.dev/v1\nworkloads:\n  - name: exact-python\n    match: {{ exe_sha256: \"{hex}\" }}\ntargets:\n  - name: svc\n    addresses: [\"127.0.0.1\"]\n    ports: [{port}]\n    protocol: tcp\nrules:\n  - id: by-hash\n    workloads: [exact-python]\n    targets: [svc]\n    effect: allow\n"
+    );
+    let agent = Agent::start(&cg.slice, &text, AgentOpts::default());
+    let r = client(&unit, &["echo", "127.0.0.1", &port.to_string()]);
+    assert_eq!(r["reply"], "ping", "the python binary's hash should be allowed: {r}\n{}", agent.log());
+    let recs = agent.connections(1);
+    assert_eq!(recs[0]["rule"], "by-hash");
+    assert_eq!(recs[0]["attribution"]["exe_sha256"], hex.as_str());
+    // Another program (bash) does not have that hash.
+    let out = portcullis_tests::in_cgroup(
+        &unit,
+        &["bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf ping >&3; timeout 3 cat <&3")],
+    )
+    .output()
+    .expect("bash");
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "ping");
+}

@@ -273,6 +273,8 @@ pub struct CompiledPolicy {
     pub files: Vec<PathBuf>,
     /// Rule indexes per target id, in precedence order.
     by_target: Vec<Vec<usize>>,
+    /// Some selector looks at `exe_sha256`: the agent must hash executables.
+    pub needs_exe_sha256: bool,
 }
 
 /// Verified token claims presented by a workload.
@@ -1635,6 +1637,12 @@ impl CompiledPolicy {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>();
+        fn uses_hash(s: &Selector) -> bool {
+            s.exe_sha256.is_some()
+                || s.any.iter().flatten().any(uses_hash)
+                || s.all.iter().flatten().any(uses_hash)
+        }
+        let needs_exe_sha256 = workloads.iter().any(|w| uses_hash(&w.selector.spec));
         Ok(CompiledPolicy {
             workloads,
             targets,
@@ -1643,6 +1651,7 @@ impl CompiledPolicy {
             hash,
             files: sources.iter().map(|(p, _)| p.clone()).collect(),
             by_target,
+            needs_exe_sha256,
         })
     }
 }

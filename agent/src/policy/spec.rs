@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The format version this agent reads.
 pub const API_VERSION: &str = "portcullis.dev/v1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Decisions are enforced.
@@ -18,7 +18,7 @@ pub enum Mode {
     Monitor,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     Allow,
@@ -26,7 +26,7 @@ pub enum Effect {
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -50,7 +50,7 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     #[serde(rename = "apiVersion")]
@@ -74,7 +74,7 @@ pub struct PolicyFile {
 /// Selectors over what the kernel and /proc say about a process, and over the
 /// verified claims of a token it presents. Every field given must match (all of
 /// them); `any` / `all` combine nested selectors. String fields are globs.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     pub unit: Option<String>,
@@ -94,7 +94,7 @@ pub struct Selector {
 }
 
 /// Claims of a verified token (the token verification is configured elsewhere).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSelector {
     pub issuer: Option<String>,
@@ -104,7 +104,7 @@ pub struct TokenSelector {
     pub claims: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {
     pub name: String,
@@ -116,7 +116,7 @@ pub struct WorkloadSpec {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientTls {
     /// Terminate TLS if the client asks for it.
@@ -128,7 +128,7 @@ pub enum ClientTls {
     Refuse,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTls {
     /// Plain connection to the target.
@@ -140,7 +140,7 @@ pub enum UpstreamTls {
     VerifyFull,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     #[serde(default)]
@@ -151,7 +151,7 @@ pub struct TlsSpec {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Unparseable {
     /// Requests the agent cannot parse are refused (the default).
@@ -161,14 +161,14 @@ pub enum Unparseable {
     Allow,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetDefaults {
     #[serde(default)]
     pub unparseable: Unparseable,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     pub name: String,
@@ -191,7 +191,7 @@ pub struct TargetSpec {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalSpec {
     /// Groups whose members may approve.
@@ -207,7 +207,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Weekday {
     Mon,
@@ -221,7 +221,7 @@ pub enum Weekday {
 
 /// A daily window in UTC (`from` inclusive, `to` exclusive, `HH:MM`; `to` earlier
 /// than `from` spans midnight), optionally only on some days.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeWindow {
     #[serde(default)]
@@ -230,7 +230,7 @@ pub struct TimeWindow {
     pub to: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StatementKind {
     Select,
@@ -263,7 +263,7 @@ pub enum StatementKind {
     Other,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlCondition {
     #[serde(default)]
@@ -285,7 +285,7 @@ pub struct SqlCondition {
     pub where_less: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCondition {
     #[serde(default)]
@@ -294,7 +294,7 @@ pub struct HttpCondition {
     pub paths: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesCondition {
     #[serde(default)]
@@ -310,7 +310,7 @@ pub struct KubernetesCondition {
 }
 
 /// Optional conditions of a rule; all given must hold.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Conditions {
     pub time: Option<TimeWindow>,
@@ -319,7 +319,7 @@ pub struct Conditions {
     pub kubernetes: Option<KubernetesCondition>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub id: String,
@@ -336,7 +336,7 @@ pub struct RuleSpec {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MaskStrategy {
     /// Replace the value with `****`.
@@ -350,7 +350,7 @@ pub enum MaskStrategy {
     Null,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Detector {
     /// Payment card numbers (Luhn-checked).
@@ -362,7 +362,7 @@ pub enum Detector {
     Phone,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaskSpec {
     pub id: String,
@@ -381,4 +381,19 @@ pub struct MaskSpec {
     #[serde(default)]
     #[allow(dead_code)]
     pub description: Option<String>,
+}
+
+/// JSON Schema of a policy file, for editors (published as docs/policy-schema.json).
+pub fn json_schema() -> String {
+    let mut schema = serde_json::to_value(schemars::schema_for!(PolicyFile)).unwrap_or_default();
+    if let Some(o) = schema.as_object_mut() {
+        o.insert("title".into(), "Portcullis host policy".into());
+        o.insert(
+            "description".into(),
+            format!("A policy file, apiVersion {API_VERSION}. See docs/policy-reference.md.").into(),
+        );
+    }
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
 }

@@ -803,3 +803,17 @@ fn more_corpus_cases() {
         assert!(got.starts_with(want), "want {want}\ngot  {got}");
     }
 }
+
+/// The published schema is the one the code generates.
+#[test]
+fn published_schema_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policy-schema.json");
+    let published = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        published == spec::json_schema(),
+        "{} is stale: regenerate it with `portcullis policy schema > docs/policy-schema.json`",
+        path.display()
+    );
+    let v: serde_json::Value = serde_json::from_str(&published).expect("schema is JSON");
+    assert!(v["properties"]["rules"].is_object(), "rules are described");
+}
