@@ -134,6 +134,7 @@ fn status(shared: &Shared) -> Value {
         "audit": {
             "path": shared.audit.path,
             "healthy": shared.audit.healthy(),
+            "problem": shared.audit.problem(),
             "written": shared.audit.written(),
             "queued": shared.audit.queued(),
             "dropped": shared.audit.dropped(),

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG: &str = "/etc/portcullis/agent.yaml";
 /// Default admin socket, used by the CLI when no `--config` is given.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/portcullis/admin.sock";
+/// Smallest `audit_rotate_bytes` other than 0.
+const MIN_ROTATE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -97,6 +99,17 @@ pub struct AgentConfig {
     pub audit_sync: AuditSync,
     /// Records buffered between the proxy and the audit writer.
     pub audit_queue: usize,
+    /// Rotate the live audit file into a segment at this size (bytes; 0 = never by size).
+    pub audit_rotate_bytes: u64,
+    /// Rotate the live audit file when its first record is this old (seconds; 0 = never by age).
+    pub audit_rotate_secs: u64,
+    /// Remove audit segments whose last record is older than this (seconds; 0 = keep forever).
+    pub audit_retain_secs: u64,
+    /// Remove the oldest audit segments while the log is larger than this (bytes; 0 = no limit).
+    pub audit_retain_bytes: u64,
+    /// Report the audit log unhealthy (refusing new connections) while its file
+    /// system has less free space than this (bytes; 0 = only when a write fails).
+    pub audit_min_free_bytes: u64,
     /// Check the policy directory for changes this often (seconds; 0 = only on
     /// SIGHUP and `portcullis policy reload`). A change is loaded once the files
     /// have stayed the same for one more interval.
@@ -121,6 +134,11 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             audit_sync: AuditSync::Batch,
             audit_queue: 65_536,
+            audit_rotate_bytes: 64 << 20,
+            audit_rotate_secs: 86_400,
+            audit_retain_secs: 0,
+            audit_retain_bytes: 0,
+            audit_min_free_bytes: 1 << 20,
             policy_watch_secs: 2,
         }
     }
@@ -189,6 +207,37 @@ impl AgentConfig {
                 "must be at least 16",
             ));
         }
+        if self.audit_rotate_bytes != 0 && self.audit_rotate_bytes < MIN_ROTATE_BYTES {
+            return Err(invalid(
+                "audit_rotate_bytes",
+                self.audit_rotate_bytes.to_string(),
+                "must be 0 (never rotate by size) or at least 65536",
+            ));
+        }
+        if self.audit_rotate_secs != 0 && self.audit_rotate_secs < 60 {
+            return Err(invalid(
+                "audit_rotate_secs",
+                self.audit_rotate_secs.to_string(),
+                "must be 0 (never rotate by age) or at least 60",
+            ));
+        }
+        let rotates = self.audit_rotate_bytes != 0 || self.audit_rotate_secs != 0;
+        if !rotates && (self.audit_retain_secs != 0 || self.audit_retain_bytes != 0) {
+            return Err(invalid(
+                "audit_retain_secs/audit_retain_bytes",
+                format!("{}/{}", self.audit_retain_secs, self.audit_retain_bytes),
+                "retention removes rotated segments, but audit_rotate_bytes and \
+                 audit_rotate_secs are both 0: nothing would ever be removed",
+            ));
+        }
+        if self.audit_retain_bytes != 0 && self.audit_retain_bytes < self.audit_rotate_bytes {
+            return Err(invalid(
+                "audit_retain_bytes",
+                self.audit_retain_bytes.to_string(),
+                "must be 0 (no limit) or at least audit_rotate_bytes: a smaller limit would \
+                 remove every segment as soon as it is rotated",
+            ));
+        }
         if !self.bpffs_dir.is_absolute() {
             return Err(invalid(
                 "bpffs_dir",
@@ -234,6 +283,67 @@ mod tests {
         assert_eq!(c.cgroup, CgroupSetting::Path("/sys/fs/cgroup/x".into()));
         let c = AgentConfig::parse(Path::new("a"), "cgroup: auto\n").expect("auto");
         assert_eq!(c.cgroup, CgroupSetting::Keyword(CgroupKeyword::Auto));
+    }
+
+    #[test]
+    fn audit_rotation_and_retention_defaults_and_limits() {
+        let c = AgentConfig::parse(Path::new("a"), "").expect("defaults");
+        assert_eq!(
+            (
+                c.audit_rotate_bytes,
+                c.audit_rotate_secs,
+                c.audit_retain_secs,
+                c.audit_retain_bytes,
+                c.audit_min_free_bytes
+            ),
+            (64 << 20, 86_400, 0, 0, 1 << 20)
+        );
+        let c = AgentConfig::parse(
+            Path::new("a"),
+            "audit_rotate_bytes: 1048576\naudit_retain_bytes: 10485760\naudit_retain_secs: 7776000\n",
+        )
+        .expect("valid retention");
+        assert_eq!(
+            (c.audit_retain_bytes, c.audit_retain_secs),
+            (10 << 20, 7_776_000)
+        );
+        for (text, setting) in [
+            ("audit_rotate_bytes: 100\n", "audit_rotate_bytes"),
+            ("audit_rotate_secs: 5\n", "audit_rotate_secs"),
+            ("audit_retain_bytes: 1000\n", "audit_retain_bytes"),
+            (
+                "audit_rotate_bytes: 0\naudit_rotate_secs: 0\naudit_retain_secs: 60\n",
+                "audit_retain_secs",
+            ),
+        ] {
+            let err = AgentConfig::parse(Path::new("a.yaml"), text).expect_err(text);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(setting) && msg.contains("a.yaml"),
+                "{text}: {msg}"
+            );
+        }
+        let err = AgentConfig::parse(Path::new("a"), "audit_rotate_bytes: -1\n")
+            .expect_err("negative size");
+        assert!(err.to_string().contains("audit_rotate_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_agent_yaml_lists_every_setting_at_its_default() {
+        let text = include_str!("../../systemd/agent.yaml");
+        let shipped = AgentConfig::parse(Path::new("systemd/agent.yaml"), text)
+            .expect("the shipped agent.yaml is valid");
+        let as_json = |c: &AgentConfig| serde_json::to_value(c).expect("config as JSON");
+        assert_eq!(as_json(&shipped), as_json(&AgentConfig::default()));
+        let serde_json::Value::Object(fields) = as_json(&shipped) else {
+            panic!("config is an object")
+        };
+        for k in fields.keys() {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{k}:"))),
+                "systemd/agent.yaml does not show `{k}`"
+            );
+        }
     }
 
     #[test]

@@ -87,6 +87,9 @@ enum AuditCommand {
         #[arg(default_value = "/var/lib/portcullis/audit")]
         path: PathBuf,
     },
+    /// Append throughput of the audit writer (for `cargo xtask bench audit`).
+    #[command(hide = true)]
+    Bench(audit::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -347,6 +350,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { pubkey, path },
         } => audit::verify::cli_verify(&path, pubkey.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Bench(args),
+        } => audit::bench::run(&args),
         Command::Detach { target, yes } => {
             if !yes {
                 anyhow::bail!(
@@ -386,7 +392,12 @@ fn detach(target: &AgentTarget) -> anyhow::Result<ExitCode> {
         Err(admin::AdminError::Connect { .. }) => {
             let cfg = target.config()?.unwrap_or_default();
             // The log first: if it cannot be written, enforcement stays.
-            let log = audit::AuditLog::open(&cfg.audit_dir(), 16, cfg.audit_sync)?;
+            let log = audit::AuditLog::open_with(
+                &cfg.audit_dir(),
+                16,
+                cfg.audit_sync,
+                audit::AuditOptions::from_config(&cfg),
+            )?;
             let removed = ebpf::remove_pins(&cfg.bpffs_dir)?;
             let _ = log.record(
                 "enforcement_detached",

@@ -128,7 +128,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
         .map_err(|e| anyhow::anyhow!("refusing to start: the policy set is invalid:\n{e}"))?;
     check_policy_for_agent(&policy, &cfg).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     warn_if_unprivileged_port(cfg.listen_port);
-    let audit = AuditLog::open(&cfg.audit_dir(), cfg.audit_queue, cfg.audit_sync)?;
+    let audit = AuditLog::open_config(&cfg)?;
     let (root, cgroup) = resolve_cgroup(&cfg)?;
     let listeners = proxy::bind(cfg.listen_v4, cfg.listen_v6, cfg.listen_port)
         .with_context(|| format!("binding the agent listener on port {}", cfg.listen_port))?;

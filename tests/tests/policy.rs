@@ -194,14 +194,20 @@ fn a_workload_selected_by_executable_hash() {
     }
     // The file python3 really runs (PATH may hold a wrapper script).
     let real = std::process::Command::new("python3")
-        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ])
         .output()
         .expect("python3");
     let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
     let bytes = std::fs::read(&real).unwrap_or_else(|e| panic!("{real}: {e}"));
     let hex: String = {
         use sha2::Digest;
-        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     };
     let cg = TestCgroup::new();
     let unit = cg.unit("h");
@@ -212,14 +218,23 @@ fn a_workload_selected_by_executable_hash() {
     );
     let agent = Agent::start(&cg.slice, &text, AgentOpts::default());
     let r = client(&unit, &["echo", "127.0.0.1", &port.to_string()]);
-    assert_eq!(r["reply"], "ping", "the python binary's hash should be allowed: {r}\n{}", agent.log());
+    assert_eq!(
+        r["reply"],
+        "ping",
+        "the python binary's hash should be allowed: {r}\n{}",
+        agent.log()
+    );
     let recs = agent.connections(1);
     assert_eq!(recs[0]["rule"], "by-hash");
     assert_eq!(recs[0]["attribution"]["exe_sha256"], hex.as_str());
     // Another program (bash) does not have that hash.
     let out = portcullis_tests::in_cgroup(
         &unit,
-        &["bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf ping >&3; timeout 3 cat <&3")],
+        &[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf ping >&3; timeout 3 cat <&3"),
+        ],
     )
     .output()
     .expect("bash");

@@ -21,7 +21,7 @@ commands:
   build [--release] build the agent (kernel programs included)
   test             run every test tier: lint, unit, policies, privileged end-to-end, demo smoke
   demo [--smoke]   throwaway PostgreSQL + the agent at the cgroup v2 root + a short workload
-  bench [NAME]     benchmarks printing ratios (NAME: datapath, policy; default all)
+  bench [NAME]     benchmarks printing ratios (NAME: datapath, policy, audit; default all)
   install          build release and install binary, unit file and config (as root)
   sweep            remove pins and cgroups left by crashed test runs";
 

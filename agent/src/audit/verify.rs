@@ -1,10 +1,19 @@
 //! Offline verification of an audit log (`portcullis audit verify`).
 //!
-//! Pure file reading: it works on a copy of `audit.jsonl` on another machine. It
-//! walks the file line by line, recomputes every record's hash, checks that each
-//! record links to the one before (`prev_hash`) with `seq` one higher, and checks
-//! each checkpoint's Ed25519 signature over the chain head, then reports the
-//! first problem with its line, sequence number and class.
+//! Pure file reading: it works on a copy of the audit directory (or of one
+//! file) on another machine. It walks the log's files in chain order (the
+//! segments `audit-<seq>.jsonl` by their first seq, then the live `audit.jsonl`)
+//! line by line as one stream, recomputes every record's hash, checks that each
+//! record links to the one before (`prev_hash`) with `seq` one higher, across
+//! file boundaries too, and checks each checkpoint's Ed25519 signature over the
+//! chain head, then reports the first problem with its file, line, sequence
+//! number and class.
+//!
+//! A log whose oldest segments were removed by retention starts at a seq above 0
+//! with a `prev_hash` that is not the genesis hash. That start is accepted only
+//! if an `audit_retention` record that is itself part of the verified chain
+//! names the removed segment with exactly that last seq and hash; the report
+//! says so. Any other missing start is `deleted`.
 
 use std::fmt;
 use std::fs::File;
@@ -15,9 +24,9 @@ use std::process::ExitCode;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Map, Value};
 
-use super::LOG_FILE;
 use super::chain::{self, CHECKPOINT_EVENT, GENESIS, hex, is_hash, unhex};
 use super::key;
+use super::segments::{self, LIVE_FILE, RETENTION_EVENT};
 
 /// Lines longer than this are not records (a record is a few KiB at most).
 const MAX_LINE: usize = 16 << 20;
@@ -90,7 +99,9 @@ impl fmt::Display for TamperClass {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub class: TamperClass,
-    /// 1-based line in the file (0: the file as a whole).
+    /// The file the problem is in (the log as a whole if `line` is 0).
+    pub file: PathBuf,
+    /// 1-based line in `file` (0: the file or log as a whole).
     pub line: u64,
     /// The sequence number the problem is about (for `deleted`, the first missing one).
     pub seq: Option<u64>,
@@ -107,10 +118,28 @@ pub enum KeySource {
     Embedded(Option<[u8; 32]>),
 }
 
+/// The chain starts after segments that retention removed, as an
+/// `audit_retention` record in the verified chain says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionStart {
+    /// The removed segment the remaining chain continues from.
+    pub removed_file: String,
+    pub removed_first_seq: Option<u64>,
+    /// Its last record: the first remaining record links to it.
+    pub removed_last_seq: u64,
+    pub removed_last_hash: String,
+    /// `seq` and `time` of the `audit_retention` record.
+    pub record_seq: u64,
+    pub record_time: Option<String>,
+}
+
 /// What the verifier found. `Display` prints it for an auditor.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
+    /// What was verified: the path given (a directory or a file).
     pub file: PathBuf,
+    /// The files read, in chain order.
+    pub files: Vec<PathBuf>,
     /// Chained records verified (checkpoints included), up to the problem if any.
     pub records: u64,
     /// Checkpoints whose signature verified.
@@ -129,9 +158,14 @@ pub struct VerifyReport {
     pub key: KeySource,
     /// Records written before hash chaining (schema 1) at the start of the file.
     pub unchained: u64,
-    /// Lines holding a torn record left by a crash, which the chain continues
-    /// around (nothing is missing).
-    pub torn: Vec<u64>,
+    /// Lines (file, 1-based line) holding a torn record left by a crash, which
+    /// the chain continues around (nothing is missing).
+    pub torn: Vec<(PathBuf, u64)>,
+    /// Set when the chain legitimately starts after segments removed by retention.
+    pub retention_start: Option<RetentionStart>,
+    /// `*.jsonl` files in the directory that are not named as part of the log,
+    /// and so were not read.
+    pub ignored: Vec<PathBuf>,
     pub problem: Option<Problem>,
 }
 
@@ -175,11 +209,19 @@ impl VerifyReport {
             ));
         }
         if !self.torn.is_empty() {
-            let lines: Vec<String> = self.torn.iter().map(u64::to_string).collect();
+            let lines: Vec<String> = self.torn.iter().map(|(f, l)| self.at(f, *l)).collect();
             w.push(format!(
-                "torn record(s) at line(s) {}: cut short by a crash while writing; the chain \
+                "torn record(s) at {}: cut short by a crash while writing; the chain \
                  continues across them, so no record is missing",
                 lines.join(", ")
+            ));
+        }
+        if !self.ignored.is_empty() {
+            let names: Vec<String> = self.ignored.iter().map(|p| file_name(p)).collect();
+            w.push(format!(
+                "not read, as their names are not those of the log's files (audit.jsonl, \
+                 audit-<20-digit seq>.jsonl): {}",
+                names.join(", ")
             ));
         }
         if self.unchained > 0 {
@@ -196,16 +238,43 @@ impl VerifyReport {
     }
 }
 
+impl VerifyReport {
+    /// "line N" in a one-file log, "line N of NAME" when there are several.
+    fn at(&self, file: &Path, line: u64) -> String {
+        if self.files.len() > 1 {
+            format!("line {line} of {}", file_name(file))
+        } else {
+            format!("line {line}")
+        }
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "audit log:   {}", self.file.display())?;
+        if self.files.len() > 1 {
+            let names: Vec<String> = self.files.iter().map(|p| file_name(p)).collect();
+            writeln!(
+                f,
+                "files:       {} in chain order: {}",
+                names.len(),
+                names.join(", ")
+            )?;
+        }
         match &self.problem {
             None => writeln!(f, "result:      VERIFIED")?,
             Some(p) => {
                 let at = match (p.line, p.seq) {
                     (0, _) => String::new(),
-                    (l, Some(s)) => format!(" at line {l}, seq {s}"),
-                    (l, None) => format!(" at line {l}"),
+                    (l, Some(s)) => format!(" at {}, seq {s}", self.at(&p.file, l)),
+                    (l, None) => format!(" at {}", self.at(&p.file, l)),
                 };
                 writeln!(f, "result:      FAILED: {}{at}", p.class)?;
                 writeln!(f, "meaning:     {}", p.class.meaning())?;
@@ -224,6 +293,27 @@ impl fmt::Display for VerifyReport {
                 self.records, self.checkpoints
             )?,
             _ => writeln!(f, "records:     none{verified}")?,
+        }
+        if let Some(r) = &self.retention_start {
+            let range = match r.removed_first_seq {
+                Some(a) => format!("seq {a}..={}", r.removed_last_seq),
+                None => format!("up to seq {}", r.removed_last_seq),
+            };
+            writeln!(
+                f,
+                "start:       seq {} continues from {} ({range}, last hash {}), which the \
+                 agent's retention removed: audit_retention record seq {}{}. Records before \
+                 seq {} cannot be verified from these files; this start is legitimate.",
+                r.removed_last_seq + 1,
+                r.removed_file,
+                r.removed_last_hash,
+                r.record_seq,
+                r.record_time
+                    .as_deref()
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_default(),
+                r.removed_last_seq + 1,
+            )?;
         }
         match self.key {
             KeySource::Given(k) => writeln!(
@@ -266,28 +356,41 @@ impl fmt::Display for VerifyReport {
     }
 }
 
-/// The log file for a path: the file itself, or `audit.jsonl` in a directory
-/// (or in its `audit/` subdirectory, for a copied state directory).
-fn resolve(path: &Path) -> PathBuf {
+/// The files of the log at `path` in chain order: the file itself, or the log
+/// files in a directory (or in its `audit/` subdirectory, for a copied state
+/// directory).
+fn resolve(path: &Path) -> Result<Vec<PathBuf>, String> {
     if !path.is_dir() {
-        return path.to_owned();
+        return Ok(vec![path.to_owned()]);
     }
-    let direct = path.join(LOG_FILE);
-    let nested = path.join("audit").join(LOG_FILE);
-    if !direct.exists() && nested.exists() {
-        nested
-    } else {
-        direct
+    let list =
+        |d: &Path| segments::log_files(d).map_err(|e| format!("cannot list {}: {e}", d.display()));
+    let direct = list(path)?;
+    if !direct.is_empty() {
+        return Ok(direct);
     }
+    let nested = path.join("audit");
+    if nested.is_dir() {
+        let files = list(&nested)?;
+        if !files.is_empty() {
+            return Ok(files);
+        }
+    }
+    Err(format!(
+        "no audit log in {}: expected {LIVE_FILE} and/or segments named \
+         audit-<first seq, 20 digits>.jsonl",
+        path.display()
+    ))
 }
 
-/// Verifies an audit log (a file, or a directory holding `audit.jsonl`). With
-/// `pubkey`, every checkpoint must be signed by that key; without it, by the key
-/// embedded in the first checkpoint (the report says which).
+/// Verifies an audit log: a file, or a directory holding `audit.jsonl` and the
+/// segments rotated out of it. With `pubkey`, every checkpoint must be signed by
+/// that key; without it, by the key embedded in the first checkpoint (the report
+/// says which).
 pub fn verify(dir_or_file: &Path, pubkey: Option<&[u8; 32]>) -> VerifyReport {
-    let file = resolve(dir_or_file);
     let mut report = VerifyReport {
-        file: file.clone(),
+        file: dir_or_file.to_owned(),
+        files: Vec::new(),
         records: 0,
         checkpoints: 0,
         first_seq: None,
@@ -300,25 +403,43 @@ pub fn verify(dir_or_file: &Path, pubkey: Option<&[u8; 32]>) -> VerifyReport {
         key: pubkey.map_or(KeySource::Embedded(None), |k| KeySource::Given(*k)),
         unchained: 0,
         torn: Vec::new(),
+        retention_start: None,
+        ignored: Vec::new(),
         problem: None,
     };
-    let f = match File::open(&file) {
+    let files = match resolve(dir_or_file) {
         Ok(f) => f,
-        Err(e) => {
+        Err(detail) => {
             report.problem = Some(Problem {
                 class: TamperClass::Unreadable,
+                file: dir_or_file.to_owned(),
                 line: 0,
                 seq: None,
-                detail: format!("cannot open {}: {e}", file.display()),
+                detail,
             });
             return report;
         }
     };
+    report.files.clone_from(&files);
+    if let Some(dir) = files.first().and_then(|f| f.parent())
+        && dir_or_file.is_dir()
+    {
+        report.ignored = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !files.contains(p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        report.ignored.sort();
+    }
     let mut v = Verifier {
         report,
-        entries: Entries::new(BufReader::with_capacity(1 << 20, f)),
+        entries: Entries::new(files),
         last: None,
         unchained_last_seq: None,
+        claim: None,
     };
     v.run();
     v.report
@@ -451,19 +572,28 @@ fn classify(line: u64, bytes: &[u8], terminated: bool, overlong: bool) -> Entry 
     })
 }
 
-/// Lines of the file as entries, with one entry of look-ahead.
-struct Entries<R> {
-    r: R,
+/// The lines of the log's files, read one file after the other as a single
+/// stream of entries, with one entry of look-ahead (across file boundaries too).
+/// Entries are numbered by a line count over the whole stream; [`Entries::locate`]
+/// turns it back into a file and a line in it.
+struct Entries {
+    files: Vec<PathBuf>,
+    /// For each file opened so far, the lines of the stream before its first line.
+    starts: Vec<u64>,
+    r: Option<BufReader<File>>,
     line: u64,
     peeked: Option<Option<Entry>>,
     buf: Vec<u8>,
-    error: Option<(u64, std::io::Error)>,
+    /// File index, line in the stream, what went wrong.
+    error: Option<(usize, u64, String)>,
 }
 
-impl<R: BufRead> Entries<R> {
-    fn new(r: R) -> Self {
+impl Entries {
+    fn new(files: Vec<PathBuf>) -> Self {
         Self {
-            r,
+            files,
+            starts: Vec::new(),
+            r: None,
             line: 0,
             peeked: None,
             buf: Vec::new(),
@@ -471,19 +601,51 @@ impl<R: BufRead> Entries<R> {
         }
     }
 
+    /// The file (index) and the 1-based line in it of stream line `line`.
+    fn locate(&self, line: u64) -> (usize, u64) {
+        let i = self.starts.iter().rposition(|s| *s < line).unwrap_or(0);
+        (i, line - self.starts.get(i).copied().unwrap_or(0))
+    }
+
     fn read(&mut self) -> Option<Entry> {
-        if self.error.is_some() {
-            return None;
+        loop {
+            if self.error.is_some() {
+                return None;
+            }
+            if self.r.is_none() {
+                let i = self.starts.len();
+                let path = self.files.get(i)?;
+                match File::open(path) {
+                    Ok(f) => self.r = Some(BufReader::with_capacity(1 << 20, f)),
+                    Err(e) => {
+                        self.starts.push(self.line);
+                        self.error =
+                            Some((i, self.line, format!("cannot open {}: {e}", path.display())));
+                        return None;
+                    }
+                }
+                self.starts.push(self.line);
+            }
+            match self.read_line() {
+                Some(e) => return Some(e),
+                None if self.error.is_some() => return None,
+                None => self.r = None, // end of this file: on to the next
+            }
         }
+    }
+
+    fn read_line(&mut self) -> Option<Entry> {
+        let r = self.r.as_mut()?;
         self.buf.clear();
         let mut overlong = false;
         let mut any = false;
         let terminated = loop {
-            let avail = match self.r.fill_buf() {
+            let avail = match r.fill_buf() {
                 Ok(a) => a,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.error = Some((self.line + 1, e));
+                    let i = self.starts.len().saturating_sub(1);
+                    self.error = Some((i, self.line + 1, format!("read error: {e}")));
                     return None;
                 }
             };
@@ -501,7 +663,7 @@ impl<R: BufRead> Entries<R> {
                 self.buf.extend_from_slice(chunk);
             }
             let used = chunk.len() + usize::from(found);
-            self.r.consume(used);
+            r.consume(used);
             if found {
                 break true;
             }
@@ -549,24 +711,64 @@ struct Accepted {
     hash: String,
 }
 
-struct Verifier<R> {
+/// The `audit_retention` record the chain's start relies on, until the chain
+/// reaches it.
+struct Claim {
+    /// Stream line of the first record (where a problem is reported).
+    start_line: u64,
+    start_seq: u64,
+    seq: u64,
+    hash: String,
+    confirmed: bool,
+}
+
+struct Verifier {
     report: VerifyReport,
-    entries: Entries<R>,
+    entries: Entries,
     last: Option<Accepted>,
     /// `seq` of the last schema 1 record before the chain started.
     unchained_last_seq: Option<u64>,
+    claim: Option<Claim>,
 }
 
+/// A problem at stream line `line`; [`Verifier::run`] sets its file and line.
 fn problem(class: TamperClass, line: u64, seq: Option<u64>, detail: String) -> Problem {
     Problem {
         class,
+        file: PathBuf::new(),
         line,
         seq,
         detail,
     }
 }
 
-impl<R: BufRead> Verifier<R> {
+impl Verifier {
+    /// "line N" in a one-file log, "line N of NAME" when there are several.
+    fn at(&self, line: u64) -> String {
+        let (i, l) = self.entries.locate(line);
+        match self.entries.files.get(i) {
+            Some(f) if self.entries.files.len() > 1 => format!("line {l} of {}", file_name(f)),
+            _ => format!("line {l}"),
+        }
+    }
+
+    /// Gives a problem found at a stream line its file and line in that file.
+    fn place(&self, mut p: Problem) -> Problem {
+        if p.line == 0 {
+            p.file.clone_from(&self.report.file);
+            return p;
+        }
+        let (i, l) = self.entries.locate(p.line);
+        p.file = self
+            .entries
+            .files
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| self.report.file.clone());
+        p.line = l;
+        p
+    }
+
     /// The `seq` and `prev_hash` the next record must have.
     fn expected(&self) -> (u64, String) {
         match &self.last {
@@ -592,17 +794,39 @@ impl<R: BufRead> Verifier<R> {
                 Entry::Record(r) => self.record(r),
             };
             if let Err(p) = res {
-                self.report.problem = Some(p);
+                self.report.problem = Some(self.place(p));
                 break;
             }
         }
-        if let Some((line, e)) = self.entries.error.take() {
-            self.report.problem = Some(problem(
-                TamperClass::Unreadable,
-                line,
-                None,
-                format!("read error: {e}"),
-            ));
+        if let Some((i, line, detail)) = self.entries.error.take() {
+            let (_, l) = self.entries.locate(line);
+            self.report.problem = Some(Problem {
+                class: TamperClass::Unreadable,
+                file: self.entries.files.get(i).cloned().unwrap_or_default(),
+                line: l,
+                seq: None,
+                detail,
+            });
+        }
+        if let Some(c) = self.claim.take()
+            && !c.confirmed
+        {
+            // The record that explains the start was not verified as part of the chain.
+            self.report.retention_start = None;
+            if self.report.problem.is_none() {
+                let p = problem(
+                    TamperClass::Deleted,
+                    c.start_line,
+                    Some(c.start_seq.saturating_sub(1)),
+                    format!(
+                        "the chain starts at seq {} after records that are not in these files; \
+                         an audit_retention record (seq {}) says retention removed them, but \
+                         that record is not part of the verified chain",
+                        c.start_seq, c.seq
+                    ),
+                );
+                self.report.problem = Some(self.place(p));
+            }
         }
     }
 
@@ -635,7 +859,9 @@ impl<R: BufRead> Verifier<R> {
                 format!("the last line is an incomplete record ({len} bytes; {why})"),
             )),
             Some(n) if brace && n.continues(seq, &prev) => {
-                self.report.torn.push(line);
+                let (i, l) = self.entries.locate(line);
+                let file = self.entries.files.get(i).cloned().unwrap_or_default();
+                self.report.torn.push((file, l));
                 Ok(())
             }
             Some(_) => Err(problem(
@@ -710,22 +936,89 @@ impl<R: BufRead> Verifier<R> {
         if r.seq == exp && r.prev_hash == prev {
             return self.accept(r);
         }
+        if self.last.is_none()
+            && self.unchained_last_seq.is_none()
+            && r.seq > 0
+            && r.prev_hash != GENESIS
+            && let Some((start, claim_seq, claim_hash)) =
+                self.retention_claim(r.seq - 1, &r.prev_hash)
+        {
+            self.report.retention_start = Some(start);
+            self.claim = Some(Claim {
+                start_line: r.line,
+                start_seq: r.seq,
+                seq: claim_seq,
+                hash: claim_hash,
+                confirmed: false,
+            });
+            return self.accept(r);
+        }
         Err(match self.last.take() {
             None => self.bad_start(&r, exp),
             Some(l) => self.bad_link(&r, &l, exp),
         })
     }
 
+    /// An `audit_retention` record in the log's files that names a removed
+    /// segment ending at `last_seq` with `last_hash`: what it says, and its own
+    /// `seq` and `hash` (it must turn out to be part of the verified chain).
+    fn retention_claim(
+        &self,
+        last_seq: u64,
+        last_hash: &str,
+    ) -> Option<(RetentionStart, u64, String)> {
+        let needle = format!("\"event\":\"{RETENTION_EVENT}\"");
+        for path in &self.entries.files {
+            let Ok(f) = File::open(path) else { continue };
+            for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+                if !line.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    continue;
+                }
+                let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+                let num = |k: &str| m.get(k).and_then(Value::as_u64);
+                if m.get("event").and_then(Value::as_str) != Some(RETENTION_EVENT)
+                    || num("last_seq") != Some(last_seq)
+                    || text("last_hash").as_deref() != Some(last_hash)
+                {
+                    continue;
+                }
+                let (Some(seq), Some(hash)) = (num("seq"), text("hash")) else {
+                    continue;
+                };
+                let start = RetentionStart {
+                    removed_file: text("removed_file").unwrap_or_else(|| "?".into()),
+                    removed_first_seq: num("first_seq"),
+                    removed_last_seq: last_seq,
+                    removed_last_hash: last_hash.to_owned(),
+                    record_seq: seq,
+                    record_time: text("time"),
+                };
+                return Some((start, seq, hash));
+            }
+        }
+        None
+    }
+
     /// The first chained record does not start a chain.
     fn bad_start(&self, r: &Rec, exp: u64) -> Problem {
         if r.prev_hash != GENESIS {
+            let hint = if self.entries.files.len() == 1 {
+                " (if this file is one segment of a log, verify the directory holding all of \
+                 them)"
+            } else {
+                ""
+            };
             problem(
                 TamperClass::Deleted,
                 r.line,
                 Some(r.seq.saturating_sub(1)),
                 format!(
                     "the first record (seq {}) links to a previous record that is not in the \
-                     file: the records before it were removed",
+                     files, and no audit_retention record in the chain says retention removed \
+                     it: the records before it were removed{hint}",
                     r.seq
                 ),
             )
@@ -757,6 +1050,8 @@ impl<R: BufRead> Verifier<R> {
     /// `r` does not continue the chain from `l`: say what most likely happened.
     fn bad_link(&mut self, r: &Rec, l: &Accepted, exp: u64) -> Problem {
         use TamperClass::*;
+        // Where r and l are, for the details ("line N", or "line N of FILE").
+        let (at_r, at_l) = (self.at(r.line), self.at(l.line));
         let next_links_to =
             |n: Option<&Entry>, seq: u64, hash: &str| n.is_some_and(|n| n.continues(seq, hash));
         if r.seq == exp {
@@ -768,8 +1063,7 @@ impl<R: BufRead> Verifier<R> {
                     Some(l.seq),
                     format!(
                         "the record was changed and its hash recomputed: the record after it \
-                         (seq {exp}, line {}) was chained to a different hash",
-                        r.line
+                         (seq {exp}, {at_r}) was chained to a different hash"
                     ),
                 );
             }
@@ -778,9 +1072,9 @@ impl<R: BufRead> Verifier<R> {
                 r.line,
                 Some(exp),
                 format!(
-                    "the record does not link to seq {} at line {} (prev_hash differs): it was \
+                    "the record does not link to seq {} at {at_l} (prev_hash differs): it was \
                      replaced, or changed and re-hashed",
-                    l.seq, l.line
+                    l.seq
                 ),
             );
         }
@@ -790,14 +1084,16 @@ impl<R: BufRead> Verifier<R> {
                 if let Some(Entry::Record(n)) = next
                     && r.prev_hash == n.hash
                 {
+                    let n_line = n.line;
                     return problem(
                         Reordered,
                         r.line,
                         Some(r.seq),
                         format!(
-                            "seq {} at line {} comes before seq {exp} at line {}: the two \
-                             records were swapped",
-                            r.seq, r.line, n.line
+                            "seq {} at {at_r} comes before seq {exp} at {}: the two records \
+                             were swapped",
+                            r.seq,
+                            self.at(n_line)
                         ),
                     );
                 }
@@ -808,7 +1104,10 @@ impl<R: BufRead> Verifier<R> {
                         Reordered,
                         rline,
                         Some(rseq),
-                        format!("seq {rseq} was moved here; it belongs after line {at}"),
+                        format!(
+                            "seq {rseq} was moved here; it belongs after {}",
+                            self.at(at)
+                        ),
                     ),
                     None => problem(
                         Inserted,
@@ -816,8 +1115,8 @@ impl<R: BufRead> Verifier<R> {
                         Some(rseq),
                         format!(
                             "the record (seq {rseq}) is not part of the chain: the next record \
-                             continues from seq {} at line {}",
-                            l.seq, l.line
+                             continues from seq {} at {at_l}",
+                            l.seq
                         ),
                     ),
                 };
@@ -845,8 +1144,9 @@ impl<R: BufRead> Verifier<R> {
                     rline,
                     Some(exp),
                     format!(
-                        "seq {exp} should follow seq {} (line {}) but is at line {at}",
-                        l.seq, l.line
+                        "seq {exp} should follow seq {} ({at_l}) but is at {}",
+                        l.seq,
+                        self.at(at)
                     ),
                 ),
                 None => {
@@ -864,8 +1164,8 @@ impl<R: BufRead> Verifier<R> {
                         rline,
                         Some(exp),
                         format!(
-                            "{missing}: seq {} at line {} is followed by seq {rseq} at line {rline}",
-                            l.seq, l.line
+                            "{missing}: seq {} at {at_l} is followed by seq {rseq} at {at_r}",
+                            l.seq
                         ),
                     )
                 }
@@ -877,10 +1177,7 @@ impl<R: BufRead> Verifier<R> {
                 Inserted,
                 r.line,
                 Some(r.seq),
-                format!(
-                    "the line repeats the record at line {} (seq {})",
-                    l.line, l.seq
-                ),
+                format!("the line repeats the record at {at_l} (seq {})", l.seq),
             );
         }
         if r.seq == l.seq && r.prev_hash == l.prev_hash {
@@ -890,9 +1187,8 @@ impl<R: BufRead> Verifier<R> {
                     l.line,
                     Some(l.seq),
                     format!(
-                        "the record is not part of the chain: line {} has the same seq and \
-                         the chain continues from it",
-                        r.line
+                        "the record is not part of the chain: {at_r} has the same seq and \
+                         the chain continues from it"
                     ),
                 );
             }
@@ -901,8 +1197,8 @@ impl<R: BufRead> Verifier<R> {
                 r.line,
                 Some(r.seq),
                 format!(
-                    "a second record with seq {} (the first is at line {})",
-                    r.seq, l.line
+                    "a second record with seq {} (the first is at {at_l})",
+                    r.seq
                 ),
             );
         }
@@ -912,9 +1208,9 @@ impl<R: BufRead> Verifier<R> {
                 r.line,
                 Some(r.seq),
                 format!(
-                    "a record with seq {} does not belong after seq {} (line {}); the chain \
+                    "a record with seq {} does not belong after seq {} ({at_l}); the chain \
                      continues around it",
-                    r.seq, l.seq, l.line
+                    r.seq, l.seq
                 ),
             );
         }
@@ -923,13 +1219,19 @@ impl<R: BufRead> Verifier<R> {
             r.line,
             Some(r.seq),
             format!(
-                "the sequence goes backwards: seq {} after seq {} at line {}",
-                r.seq, l.seq, l.line
+                "the sequence goes backwards: seq {} after seq {} at {at_l}",
+                r.seq, l.seq
             ),
         )
     }
 
     fn accept(&mut self, r: Rec) -> Result<(), Problem> {
+        if let Some(c) = &mut self.claim
+            && c.seq == r.seq
+            && c.hash == r.hash
+        {
+            c.confirmed = true;
+        }
         if let Some(cp) = &r.checkpoint {
             self.check_signature(&r, cp)?;
             self.report.checkpoints += 1;
@@ -1365,6 +1667,213 @@ mod tests {
             "{r}"
         );
         assert!(p.detail.contains("does not verify"), "{r}");
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir copy");
+        for e in std::fs::read_dir(from).expect("read dir").flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy file");
+            }
+        }
+    }
+
+    fn segmented(tag: &str, retain_bytes: u64) -> (TempDir, PathBuf, [u8; 32]) {
+        let tmp = TempDir::new(tag);
+        let o = super::super::AuditOptions {
+            rotate_bytes: 16 * 1024,
+            retain_bytes,
+            ..super::super::testutil::opts(100)
+        };
+        let (dir, pk) = super::super::testutil::write_log_with(&tmp.0, 600, o);
+        (tmp, dir, pk)
+    }
+
+    /// A fresh copy of `dir` for one tampering case.
+    fn case(tmp: &TempDir, dir: &Path, name: &str) -> (PathBuf, Vec<segments::Segment>) {
+        let copy = tmp.0.join(name);
+        copy_dir(dir, &copy);
+        let segs = segments::list(&copy).expect("list");
+        (copy, segs)
+    }
+
+    fn at_file(p: &Problem) -> (TamperClass, String, u64) {
+        (p.class, file_name(&p.file), p.line)
+    }
+
+    #[test]
+    fn segments_verify_in_seq_order_and_tampering_across_them_is_found() {
+        let (tmp, dir, pk) = segmented("segs", 0);
+        let r = verify(&dir, Some(&pk));
+        assert!(r.ok(), "{r}");
+        let n = segments::list(&dir).expect("list").len();
+        assert!(n >= 5, "{r}");
+        assert_eq!(r.files.len(), n + 1, "{r}");
+        // A copied state directory works too.
+        let r = verify(&tmp.0, Some(&pk));
+        assert!(r.ok() && r.files.len() == n + 1, "{r}");
+
+        // A segment renamed out of the log's names is not read, and said so.
+        let (c, segs) = case(&tmp, &dir, "renamed");
+        std::fs::rename(&segs[1].path, c.join("old.jsonl")).expect("rename");
+        let r = verify(&c, Some(&pk));
+        assert_eq!(
+            r.problem.as_ref().map(|p| (p.class, file_name(&p.file))),
+            Some((TamperClass::Deleted, segs[2].name())),
+            "{r}"
+        );
+        assert_eq!(r.ignored, [c.join("old.jsonl")], "{r}");
+        assert!(r.to_string().contains("old.jsonl"), "{r}");
+
+        // The oldest segment removed by hand: no audit_retention record names it.
+        let (c, segs) = case(&tmp, &dir, "no-oldest");
+        std::fs::remove_file(&segs[0].path).expect("rm");
+        let r = verify(&c, Some(&pk));
+        let p = r.problem.clone().expect("detected");
+        assert_eq!(
+            at_file(&p),
+            (TamperClass::Deleted, segs[1].name(), 1),
+            "{r}"
+        );
+        assert_eq!(p.seq, Some(segs[1].first_seq - 1), "{r}");
+        assert!(p.detail.contains("no audit_retention record"), "{r}");
+        assert!(
+            r.to_string()
+                .contains(&format!("line 1 of {}", segs[1].name())),
+            "{r}"
+        );
+
+        // A segment in the middle removed.
+        let (c, segs) = case(&tmp, &dir, "no-middle");
+        std::fs::remove_file(&segs[2].path).expect("rm");
+        let r = verify(&c, Some(&pk));
+        let p = r.problem.clone().expect("detected");
+        assert_eq!(
+            at_file(&p),
+            (TamperClass::Deleted, segs[3].name(), 1),
+            "{r}"
+        );
+        assert_eq!(p.seq, Some(segs[2].first_seq), "{r}");
+
+        // The end of a segment cut at a record boundary (its checkpoint and a record).
+        let (c, segs) = case(&tmp, &dir, "cut");
+        let l = lines_of(&segs[1].path);
+        std::fs::write(&segs[1].path, joined(&l[..l.len() - 2])).expect("cut");
+        let r = verify(&c, Some(&pk));
+        let p = r.problem.clone().expect("detected");
+        assert_eq!(
+            at_file(&p),
+            (TamperClass::Deleted, segs[2].name(), 1),
+            "{r}"
+        );
+
+        // A segment cut in the middle of a record.
+        let (c, segs) = case(&tmp, &dir, "torn-seg");
+        let text = std::fs::read(&segs[1].path).expect("read");
+        std::fs::write(&segs[1].path, &text[..text.len() - 100]).expect("truncate");
+        let r = verify(&c, Some(&pk));
+        let p = r.problem.clone().expect("detected");
+        let l = lines_of(&segs[1].path).len() as u64;
+        assert_eq!(
+            at_file(&p),
+            (TamperClass::Truncated, segs[1].name(), l),
+            "{r}"
+        );
+
+        // Two segments swapped (their names too, so the files still sort).
+        let (c, segs) = case(&tmp, &dir, "swap");
+        let a = std::fs::read(&segs[1].path).expect("read");
+        let b = std::fs::read(&segs[2].path).expect("read");
+        std::fs::write(&segs[1].path, b).expect("write");
+        std::fs::write(&segs[2].path, a).expect("write");
+        let r = verify(&c, Some(&pk));
+        assert!(!r.ok(), "{r}");
+        assert_eq!(
+            r.problem.as_ref().map(|p| file_name(&p.file)),
+            Some(segs[1].name()),
+            "{r}"
+        );
+
+        // A whole segment replaced with a consistent one, re-hashed and signed by
+        // another key: the checkpoint at its end gives it away.
+        let (c, segs) = case(&tmp, &dir, "resigned");
+        let mut l = lines_of(&segs[2].path);
+        l[3] = l[3].replacen("\"allow\"", "\"deny\"", 1);
+        let first_prev = parse(&l[0])["prev_hash"].clone();
+        let mut all = vec![format!("{{\"hash\":{first_prev}}}")];
+        all.extend(l);
+        rechain(&mut all, 1, Some(&SigningKey::from_bytes(&[7; 32])));
+        std::fs::write(&segs[2].path, joined(&all[1..])).expect("write");
+        let r = verify(&c, Some(&pk));
+        let p = r.problem.clone().expect("detected");
+        assert_eq!(
+            (p.class, file_name(&p.file)),
+            (TamperClass::Resigned, segs[2].name()),
+            "{r}"
+        );
+
+        // One segment on its own: its start is not the chain's start.
+        let r = verify(&segs[2].path, Some(&pk));
+        let p = r.problem.clone().expect("a lone segment");
+        assert_eq!(p.class, TamperClass::Deleted, "{r}");
+        assert!(p.detail.contains("verify the directory"), "{r}");
+    }
+
+    #[test]
+    fn a_log_shortened_by_retention_verifies_and_says_so() {
+        let (tmp, dir, pk) = segmented("retained", 48 * 1024);
+        let r = verify(&dir, Some(&pk));
+        assert!(r.ok(), "{r}");
+        let start = r.retention_start.clone().expect("retention start");
+        assert_eq!(r.first_seq, Some(start.removed_last_seq + 1), "{r}");
+        let shown = r.to_string();
+        assert!(
+            shown.contains(&start.removed_file) && shown.contains("legitimate"),
+            "{shown}"
+        );
+        assert!(r.warnings().is_empty(), "{r}");
+
+        // One more segment removed by hand: no retention record names it.
+        let (c, segs) = case(&tmp, &dir, "retained-cut");
+        std::fs::remove_file(&segs[0].path).expect("rm");
+        let r = verify(&c, Some(&pk));
+        let p = r.problem.clone().expect("detected");
+        assert_eq!(
+            at_file(&p),
+            (TamperClass::Deleted, segs[1].name(), 1),
+            "{r}"
+        );
+        assert!(r.retention_start.is_none(), "{r}");
+
+        // The retention record itself edited: the chain breaks there.
+        let (c, _) = case(&tmp, &dir, "retained-forged");
+        let files = segments::log_files(&c).expect("files");
+        let (f, i) = files
+            .iter()
+            .find_map(|f| {
+                lines_of(f)
+                    .iter()
+                    .position(|l| l.contains("\"event\":\"audit_retention\""))
+                    .map(|i| (f.clone(), i))
+            })
+            .expect("a retention record");
+        let mut l = lines_of(&f);
+        l[i] = l[i].replacen("\"reason\":\"size\"", "\"reason\":\"age!\"", 1);
+        std::fs::write(&f, joined(&l)).expect("write");
+        let r = verify(&c, Some(&pk));
+        assert_eq!(
+            r.problem.as_ref().map(|p| p.class),
+            Some(TamperClass::Modified),
+            "{r}"
+        );
+    }
+
+    fn lines_of(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     fn lines_text(dir: &Path) -> String {
