@@ -472,14 +472,18 @@ fn policy_reload_keeps_last_good_and_updates_kernel_targets() {
         AgentOpts::default(),
     );
     let pol = agent.dir.0.join("policies").join("test.yaml");
-    // b is not protected yet: a direct connection (no agent record).
+    // b is not protected yet: the connection reaches it, and the agent has no
+    // record of it (it was not redirected).
+    let to_b = |recs: &[serde_json::Value]| {
+        let want = format!("127.0.0.1:{}", b.port());
+        recs.iter()
+            .filter(|r| r["original_destination"].as_str() == Some(want.as_str()))
+            .count()
+    };
     let r = client(&unit, &["echo", "127.0.0.1", &b.port().to_string()]);
     assert_eq!(r["ok"], true);
-    assert_eq!(
-        b.direct_from_cgroup
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(b.accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(to_b(&agent.connections(0)), 0, "b was not protected yet");
     // A broken policy is refused; the old one stays in force.
     std::fs::write(&pol, "apiVersion: portcullis.dev/v1\nrules: [oops").expect("write");
     let out = agent.cli(&["policy", "reload"]);
@@ -501,10 +505,9 @@ fn policy_reload_keeps_last_good_and_updates_kernel_targets() {
     let r = client(&unit, &["echo", "127.0.0.1", &b.port().to_string()]);
     assert_eq!(r["ok"], true);
     assert_eq!(
-        b.direct_from_cgroup
-            .load(std::sync::atomic::Ordering::Relaxed),
+        to_b(&agent.connections(3)),
         1,
-        "b is now protected"
+        "b is now protected: the agent carried it"
     );
     let events: Vec<String> = agent
         .audit()
