@@ -1,10 +1,10 @@
-//! `cargo xtask demo`: a throwaway PostgreSQL on 127.0.0.1:55432, the agent attached
+//! `cargo xtask demo`: a throwaway PostgreSQL on 127.0.0.1:15432, the agent attached
 //! at the root of the cgroup v2 hierarchy (the production default) with
 //! policies/demo.yaml, and a short workload: an allowed psql, a denied Python
 //! script, a default-denied shell, and a raw-socket bypass attempt. Prints what was
 //! allowed, denied and recorded, then detaches explicitly (audited) and cleans up.
 //!
-//! Only 127.0.0.1:55432 is protected, so attaching at the root touches nothing else.
+//! Only 127.0.0.1:15432 is protected, so attaching at the root touches nothing else.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,9 @@ use serde_json::Value;
 use crate::setup;
 use crate::util::{cargo, is_root, output, repo_root, run, target_dir};
 
-const PG_PORT: u16 = 55432;
+/// Outside the ephemeral port range (32768-60999 by default), so a client socket
+/// of some other program cannot be holding it.
+const PG_PORT: u16 = 15432;
 const AGENT_PORT: u16 = 1543;
 const BPFFS: &str = "/sys/fs/bpf/portcullis-demo";
 
@@ -94,7 +96,7 @@ pub fn demo(smoke: bool) -> Result<()> {
     };
 
     // 1. A throwaway PostgreSQL (initdb refuses root: run it as `postgres`).
-    step("starting a throwaway PostgreSQL on 127.0.0.1:55432");
+    step("starting a throwaway PostgreSQL on 127.0.0.1:15432");
     let pg = dir.join("pg");
     let sock = dir.join("sock");
     std::fs::create_dir_all(&sock)?;
@@ -197,7 +199,7 @@ pub fn demo(smoke: bool) -> Result<()> {
     println!("{}", status(&["status"])?);
 
     // 3. The workload, with unchanged clients pointed at the database's real address.
-    step("psql (root) → 127.0.0.1:55432: the policy allows it");
+    step("psql (root) → 127.0.0.1:15432: the policy allows it");
     let psql = Command::new(pg_bin.join("psql"))
         .args([
             "-X",
@@ -215,7 +217,7 @@ pub fn demo(smoke: bool) -> Result<()> {
     eprint!("{}", String::from_utf8_lossy(&psql.stderr));
     let psql_ok = psql.status.success() && String::from_utf8_lossy(&psql.stdout).contains("42");
 
-    step("python3 script → 127.0.0.1:55432: denied by rule no-python-to-primary");
+    step("python3 script → 127.0.0.1:15432: denied by rule no-python-to-primary");
     let py = Command::new("python3")
         .arg(repo_root().join("tests").join("clients").join("client.py"))
         .args(["echo", "127.0.0.1", &PG_PORT.to_string()])
@@ -225,7 +227,7 @@ pub fn demo(smoke: bool) -> Result<()> {
     let py_denied =
         !py_reply.contains("\"reply\": \"ping\"") || py_reply.contains("\"reply\": \"\"");
 
-    step("bash /dev/tcp → 127.0.0.1:55432: no rule matches, default-deny");
+    step("bash /dev/tcp → 127.0.0.1:15432: no rule matches, default-deny");
     let sh = Command::new("bash")
         .arg("-c")
         .arg(format!(
@@ -234,7 +236,7 @@ pub fn demo(smoke: bool) -> Result<()> {
         .output()?;
     println!("{}", String::from_utf8_lossy(&sh.stdout).trim());
 
-    step("raw-socket SYN → 127.0.0.1:55432: the kernel backstop drops it");
+    step("raw-socket SYN → 127.0.0.1:15432: the kernel backstop drops it");
     let raw = Command::new("python3")
         .arg(repo_root().join("tests").join("clients").join("client.py"))
         .args(["raw-syn", "127.0.0.1", &PG_PORT.to_string()])
