@@ -278,16 +278,21 @@ pub struct CompiledPolicy {
 }
 
 /// Verified token claims presented by a workload.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenClaims {
     pub issuer: String,
     pub subject: String,
+    #[serde(default)]
     pub audience: Vec<String>,
+    #[serde(default)]
     pub claims: BTreeMap<String, String>,
 }
 
-/// The facts about a workload a selector can look at.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The facts about a workload a selector can look at (also how a policy test
+/// describes its workload).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Subject {
     pub uid: Option<u32>,
     pub user: Option<String>,
@@ -756,6 +761,34 @@ impl Ctx<'_> {
         });
     }
 
+    /// Checks the name at `<path>.name` of a new `kind` (workload, target): reports
+    /// an invalid name, and returns false for a duplicate (reported with where the
+    /// first one is).
+    fn new_name<V>(
+        &mut self,
+        file: usize,
+        path: &str,
+        kind: &str,
+        name: &str,
+        index: &HashMap<String, (V, usize, String)>,
+    ) -> bool {
+        let at = format!("{path}.name");
+        if !valid_name(name) {
+            self.err(
+                file,
+                &at,
+                format!("{kind} name `{name}` is not valid"),
+                Some("use letters, digits, `-`, `_` and `.`".into()),
+            );
+        }
+        if let Some((_, _, first)) = index.get(name) {
+            let hint = Some(format!("first defined at {first}"));
+            self.err(file, &at, format!("{kind} `{name}` is defined twice"), hint);
+            return false;
+        }
+        true
+    }
+
     fn where_(&self, file: usize, path: &str) -> String {
         let (line, column) = self.locs[file].at(path);
         format!("{}:{line}:{column}", self.files[file].0.display())
@@ -988,22 +1021,7 @@ impl CompiledPolicy {
             }
             for (i, w) in pf.workloads.iter().enumerate() {
                 let p = format!("workloads.{i}");
-                if !valid_name(&w.name) {
-                    cx.err(
-                        fi,
-                        &format!("{p}.name"),
-                        format!("workload name `{}` is not valid", w.name),
-                        Some("use letters, digits, `-`, `_` and `.`".into()),
-                    );
-                }
-                if let Some((_, _, first)) = wl_index.get(&w.name) {
-                    let first = first.clone();
-                    cx.err(
-                        fi,
-                        &format!("{p}.name"),
-                        format!("workload `{}` is defined twice", w.name),
-                        Some(format!("first defined at {first}")),
-                    );
+                if !cx.new_name(fi, &p, "workload", &w.name, &wl_index) {
                     continue;
                 }
                 let selector = cx.selector(fi, &format!("{p}.match"), &w.selector);
@@ -1017,22 +1035,7 @@ impl CompiledPolicy {
             }
             for (i, t) in pf.targets.iter().enumerate() {
                 let p = format!("targets.{i}");
-                if !valid_name(&t.name) {
-                    cx.err(
-                        fi,
-                        &format!("{p}.name"),
-                        format!("target name `{}` is not valid", t.name),
-                        Some("use letters, digits, `-`, `_` and `.`".into()),
-                    );
-                }
-                if let Some((_, _, first)) = tg_index.get(&t.name) {
-                    let first = first.clone();
-                    cx.err(
-                        fi,
-                        &format!("{p}.name"),
-                        format!("target `{}` is defined twice", t.name),
-                        Some(format!("first defined at {first}")),
-                    );
+                if !cx.new_name(fi, &p, "target", &t.name, &tg_index) {
                     continue;
                 }
                 if t.addresses.is_empty() {

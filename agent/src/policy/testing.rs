@@ -11,7 +11,6 @@
 //!     expect: { effect: allow, rule: ops-psql-may-connect }
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -20,8 +19,7 @@ use serde::Deserialize;
 use super::locate::Locations;
 use super::spec::Effect;
 use super::{
-    API_VERSION, Action, CompiledPolicy, Outcome, PolicyError, Request, Subject, TokenClaims,
-    evaluate,
+    API_VERSION, Action, CompiledPolicy, Outcome, PolicyError, Request, Subject, evaluate,
 };
 
 #[derive(Debug, Deserialize)]
@@ -30,57 +28,6 @@ struct TestFile {
     #[serde(rename = "apiVersion")]
     api_version: String,
     tests: Vec<TestCase>,
-}
-
-/// A workload as a test describes it: the facts a selector can look at.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubjectSpec {
-    pub uid: Option<u32>,
-    pub user: Option<String>,
-    pub gid: Option<u32>,
-    pub group: Option<String>,
-    pub exe: Option<String>,
-    pub exe_sha256: Option<String>,
-    pub comm: Option<String>,
-    pub cgroup: Option<String>,
-    pub unit: Option<String>,
-    pub slice: Option<String>,
-    pub token: Option<TokenSpec>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenSpec {
-    pub issuer: String,
-    pub subject: String,
-    #[serde(default)]
-    pub audience: Vec<String>,
-    #[serde(default)]
-    pub claims: BTreeMap<String, String>,
-}
-
-impl SubjectSpec {
-    pub fn subject(&self) -> Subject {
-        Subject {
-            uid: self.uid,
-            user: self.user.clone(),
-            gid: self.gid,
-            group: self.group.clone(),
-            exe: self.exe.clone(),
-            exe_sha256: self.exe_sha256.clone(),
-            comm: self.comm.clone(),
-            cgroup: self.cgroup.clone(),
-            unit: self.unit.clone(),
-            slice: self.slice.clone(),
-            token: self.token.as_ref().map(|t| TokenClaims {
-                issuer: t.issuer.clone(),
-                subject: t.subject.clone(),
-                audience: t.audience.clone(),
-                claims: t.claims.clone(),
-            }),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -101,7 +48,7 @@ struct Expect {
 #[serde(deny_unknown_fields)]
 struct TestCase {
     name: String,
-    workload: SubjectSpec,
+    workload: Subject,
     target: String,
     #[serde(default = "connect")]
     request: RequestKind,
@@ -325,14 +272,13 @@ pub fn run_text(policy: &CompiledPolicy, file: &Path, text: &str, report: &mut T
                 continue;
             }
         };
-        let subject = case.workload.subject();
         let action = match case.request {
             RequestKind::Connect => Action::Connect,
         };
         let d = evaluate(
             policy,
             &Request {
-                subject: &subject,
+                subject: &case.workload,
                 target: target.id,
                 action,
                 now_unix: now,
