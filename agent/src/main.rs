@@ -8,6 +8,7 @@ mod ebpf;
 mod flows;
 mod identity;
 mod policy;
+mod protocol;
 mod proxy;
 mod run;
 mod state;

@@ -243,6 +243,8 @@ pub struct Rule {
     /// Conditions on requests (SQL, HTTP, Kubernetes): the rule decides requests,
     /// not connections.
     pub request_conditions: Option<Conditions>,
+    /// `when.sql`, with its globs compiled.
+    pub sql: Option<CompiledSql>,
     pub description: Option<String>,
     pub file: PathBuf,
     pub line: usize,
@@ -307,18 +309,44 @@ pub struct Subject {
     pub token: Option<TokenClaims>,
 }
 
+/// What a SQL statement does, in the terms of `when.sql` conditions (built by
+/// `protocol::sql`). Tables are `schema.table`; an unqualified name appears once
+/// per schema the session's search_path may resolve it to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatementFacts {
+    /// The statement's kind first, then kinds of statements it contains that will
+    /// execute (`EXPLAIN ANALYZE DELETE` → explain, delete).
+    pub kinds: Vec<spec::StatementKind>,
+    pub tables_read: Vec<String>,
+    pub tables_written: Vec<String>,
+    /// Best effort: `schema.table.column`, `table.column` or `column`.
+    pub columns: Vec<String>,
+    /// Lower-cased; schema-qualified as written, and without `pg_catalog.`.
+    pub functions: Vec<String>,
+    /// UPDATE or DELETE of every row (no WHERE, or a WHERE naming no column).
+    pub where_less: bool,
+}
+
 /// What is being decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum Action<'a> {
     /// A new connection to the target.
     Connect,
+    /// One SQL statement on a connection.
+    Statement(&'a StatementFacts),
+    /// A request the agent could not parse.
+    Unparseable,
 }
+
+/// Rule id of the decision for an unparseable request when the target's
+/// `defaults.unparseable` is `deny`.
+pub const UNPARSEABLE: &str = "unparseable";
 
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub subject: &'a Subject,
     pub target: u32,
-    pub action: Action,
+    pub action: Action<'a>,
     /// Seconds since the Unix epoch (UTC), for time windows.
     pub now_unix: u64,
 }
@@ -355,6 +383,92 @@ impl Decision {
             (Outcome::Deny, _) => "deny",
             (Outcome::Hold, _) => "held",
         }
+    }
+}
+
+/// A compiled `when.sql` condition: every field given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledSql {
+    pub statements: Vec<spec::StatementKind>,
+    pub tables: Vec<glob::Pattern>,
+    pub tables_read: Vec<glob::Pattern>,
+    pub tables_written: Vec<glob::Pattern>,
+    pub columns: Vec<glob::Pattern>,
+    pub functions: Vec<glob::Pattern>,
+    pub where_less: Option<bool>,
+}
+
+impl CompiledSql {
+    pub fn compile(s: &spec::SqlCondition) -> Result<Self, String> {
+        let g = |v: &Vec<String>| -> Result<Vec<glob::Pattern>, String> {
+            v.iter()
+                .map(|p| glob::Pattern::new(p).map_err(|e| format!("`{p}`: {e}")))
+                .collect()
+        };
+        Ok(CompiledSql {
+            statements: s.statements.clone(),
+            tables: g(&s.tables)?,
+            tables_read: g(&s.tables_read)?,
+            tables_written: g(&s.tables_written)?,
+            columns: g(&s.columns)?,
+            functions: g(&s.functions)?,
+            where_less: s.where_less,
+        })
+    }
+
+    /// Which fields hold for `f` (name, held), in a fixed order; the condition
+    /// holds when all of them do.
+    pub fn field_results(&self, f: &StatementFacts) -> Vec<(&'static str, bool)> {
+        fn any(ps: &[glob::Pattern], vs: &[String]) -> bool {
+            ps.iter().any(|p| vs.iter().any(|v| p.matches(v)))
+        }
+        let mut out = Vec::new();
+        if !self.statements.is_empty() {
+            out.push((
+                "statements",
+                self.statements.iter().any(|k| f.kinds.contains(k)),
+            ));
+        }
+        if !self.tables.is_empty() {
+            out.push((
+                "tables",
+                any(&self.tables, &f.tables_read) || any(&self.tables, &f.tables_written),
+            ));
+        }
+        if !self.tables_read.is_empty() {
+            out.push(("tables_read", any(&self.tables_read, &f.tables_read)));
+        }
+        if !self.tables_written.is_empty() {
+            out.push((
+                "tables_written",
+                any(&self.tables_written, &f.tables_written),
+            ));
+        }
+        if !self.columns.is_empty() {
+            out.push(("columns", any(&self.columns, &f.columns)));
+        }
+        if !self.functions.is_empty() {
+            out.push(("functions", any(&self.functions, &f.functions)));
+        }
+        if let Some(w) = self.where_less {
+            out.push(("where_less", f.where_less == w));
+        }
+        out
+    }
+
+    pub fn matches(&self, f: &StatementFacts) -> bool {
+        fn any(ps: &[glob::Pattern], vs: &[String]) -> bool {
+            ps.iter().any(|p| vs.iter().any(|v| p.matches(v)))
+        }
+        (self.statements.is_empty() || self.statements.iter().any(|k| f.kinds.contains(k)))
+            && (self.tables.is_empty()
+                || any(&self.tables, &f.tables_read)
+                || any(&self.tables, &f.tables_written))
+            && (self.tables_read.is_empty() || any(&self.tables_read, &f.tables_read))
+            && (self.tables_written.is_empty() || any(&self.tables_written, &f.tables_written))
+            && (self.columns.is_empty() || any(&self.columns, &f.columns))
+            && (self.functions.is_empty() || any(&self.functions, &f.functions))
+            && self.where_less.is_none_or(|w| f.where_less == w)
     }
 }
 
@@ -481,6 +595,13 @@ impl TimeWindow {
 /// requests made on the connection), while an `allow` with request conditions lets
 /// the workload connect.
 ///
+/// For a statement (`Action::Statement`), candidates are the rules without
+/// request conditions (connection-level rules apply to every statement) and the
+/// rules whose `sql` conditions all hold for the statement's facts. For
+/// `Action::Unparseable`, the target's `defaults.unparseable` decides: `deny`
+/// refuses with rule id [`UNPARSEABLE`]; `allow` decides it as a statement that
+/// matches no condition.
+///
 /// Precedence: `deny` > `require_approval` > `allow` > `default-deny`; among rules
 /// of the same effect, load order. Only enforce-mode rules (and the default, which
 /// follows the mode of the file defining the target) decide what happens. A
@@ -488,6 +609,22 @@ impl TimeWindow {
 /// restrictive monitor-mode rule is recorded as what would have happened
 /// (`would_deny`, `would_hold`), so a file can be observed before it is enforced.
 pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
+    if req.action == Action::Unparseable
+        && let Some(t) = policy.targets.get(req.target as usize)
+        && t.unparseable == spec::Unparseable::Deny
+    {
+        return Decision {
+            outcome: if t.mode == Mode::Enforce {
+                Outcome::Deny
+            } else {
+                Outcome::Allow
+            },
+            decided: Effect::Deny,
+            rule: UNPARSEABLE.into(),
+            mode: t.mode,
+            workloads: Vec::new(),
+        };
+    }
     // Selector results of the workloads examined (few: those the target's rules name).
     let mut matched_cache: Vec<(usize, bool)> = Vec::new();
     // Best candidate among enforce-mode rules, and among monitor-mode rules.
@@ -503,11 +640,25 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
         // A rule with request conditions decides requests. For the connection
         // itself, only its `allow` counts: it says the workload may connect and
         // then have each request decided.
-        if req.action == Action::Connect
-            && r.request_conditions.is_some()
-            && r.effect != Effect::Allow
-        {
-            continue;
+        match req.action {
+            Action::Connect => {
+                if r.request_conditions.is_some() && r.effect != Effect::Allow {
+                    continue;
+                }
+            }
+            // A statement: connection-level rules apply to every statement; a rule
+            // with request conditions only when its `sql` conditions hold.
+            Action::Statement(f) => {
+                if r.request_conditions.is_some() && !r.sql.as_ref().is_some_and(|s| s.matches(f)) {
+                    continue;
+                }
+            }
+            // Unparseable (with `defaults.unparseable: allow`): matches no condition.
+            Action::Unparseable => {
+                if r.request_conditions.is_some() {
+                    continue;
+                }
+            }
         }
         if r.time.as_ref().is_some_and(|t| !t.contains(req.now_unix)) {
             continue;
@@ -1462,6 +1613,10 @@ impl CompiledPolicy {
                     mode: pf.mode,
                     approval,
                     time,
+                    sql: request_conditions
+                        .as_ref()
+                        .and_then(|c| c.sql.as_ref())
+                        .and_then(|s| CompiledSql::compile(s).ok()),
                     request_conditions,
                     description: r.description.clone(),
                     file: sources[fi].0.clone(),

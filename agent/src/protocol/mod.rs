@@ -1,0 +1,3 @@
+//! Protocol handlers: what the proxy understands of the requests it relays.
+
+pub mod sql;

@@ -1,0 +1,1101 @@
+//! From SQL text to [`StatementInfo`]s.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use serde::Serialize;
+use sqlparser::ast::{
+    self, CopySource, CopyTarget, Expr, FromTable, GrantObjects, ObjectName, ObjectNamePart,
+    ObjectType, Query, Set, SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+
+use crate::policy::StatementFacts;
+use crate::policy::spec::StatementKind as K;
+
+/// What one text holds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Analysis {
+    /// One per statement in the text.
+    pub statements: Vec<StatementInfo>,
+    /// Some: the text did not parse (statements then empty).
+    pub error: Option<String>,
+}
+
+/// One statement.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatementInfo {
+    /// What the policy looks at (tables not yet qualified by a session's search_path).
+    pub facts: StatementFacts,
+    /// The statement with literals replaced by `?`.
+    pub fingerprint: String,
+    /// Recognised dangerous functions and features (`copy_program`, `copy_file`, ...).
+    pub dangerous: Vec<String>,
+    /// SQL-level `PREPARE name AS <stmt>`: the name and the inner statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<(String, Box<StatementInfo>)>,
+    /// SQL-level `EXECUTE name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execute: Option<String>,
+    /// `DEALLOCATE name` (Some(Some)), `DEALLOCATE ALL` (Some(None)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deallocate: Option<Option<String>>,
+    /// `SET search_path TO ...`: the schemas, normalised (`$user` kept as `$user`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_search_path: Option<Vec<String>>,
+    /// `RESET search_path`, `RESET ALL`, `DISCARD ALL`: back to the startup value.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reset_search_path: bool,
+}
+
+/// Functions whose call is dangerous whatever the table rules say: server files,
+/// other servers, other sessions, configuration, and SQL run from text (which the
+/// agent cannot see). Compared with the unqualified, lower-cased name.
+const DANGEROUS_FUNCTIONS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_logicalmapdir",
+    "pg_ls_replslotdir",
+    "pg_stat_file",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    "pg_logdir_ls",
+    "lo_import",
+    "lo_export",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "set_config",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    "pg_drop_replication_slot",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_replication_slot_advance",
+];
+
+/// Prefixes of dangerous function families.
+const DANGEROUS_PREFIXES: &[&str] = &["dblink", "pg_logical_slot_", "pg_replication_origin_"];
+
+fn is_dangerous_function(unqualified: &str) -> bool {
+    DANGEROUS_FUNCTIONS.contains(&unqualified)
+        || DANGEROUS_PREFIXES
+            .iter()
+            .any(|p| unqualified.starts_with(p))
+}
+
+/// An identifier as PostgreSQL folds it: lower case unless quoted.
+fn fold(id: &ast::Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
+/// `schema.table` (or `table`, `db.schema.table`) as PostgreSQL would resolve the
+/// spelling: folded parts joined by dots.
+fn name_of(n: &ObjectName) -> String {
+    let mut s = String::new();
+    for (i, p) in n.0.iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        match p {
+            ObjectNamePart::Identifier(id) => s.push_str(&fold(id)),
+            ObjectNamePart::Function(f) => s.push_str(&fold(&f.name)),
+        }
+    }
+    s
+}
+
+/// `db.schema.table` → `schema.table`: PostgreSQL only accepts the current
+/// database there, so the catalog part carries no policy meaning.
+fn table_name(n: &ObjectName) -> String {
+    let full = name_of(n);
+    if n.0.len() >= 3 {
+        let parts: Vec<&str> = full.rsplitn(3, '.').collect();
+        // rsplitn: [table, schema, rest]
+        return format!("{}.{}", parts[1], parts[0]);
+    }
+    full
+}
+
+fn push_unique(v: &mut Vec<String>, s: String) {
+    if !v.contains(&s) {
+        v.push(s);
+    }
+}
+
+fn push_kind(v: &mut Vec<K>, k: K) {
+    if !v.contains(&k) {
+        v.push(k);
+    }
+}
+
+// ---- the collector ------------------------------------------------------------------
+
+/// Walks one top-level statement.
+struct Collector {
+    facts: StatementFacts,
+    dangerous: Vec<String>,
+    /// The nested statement does not run (plain EXPLAIN): its writes are reported
+    /// as reads and its kinds are not added.
+    executes: bool,
+    root: usize,
+    /// Table factors that are the target of a DML statement (reported as written).
+    targets: HashSet<usize>,
+    /// CTE names visible, per query being visited.
+    scopes: Vec<Vec<String>>,
+    /// CTE bodies: query address → CTE names visible inside it.
+    cte_bodies: Vec<(usize, Vec<String>)>,
+    /// Aliases → table names, for qualifying columns.
+    aliases: Vec<(String, String)>,
+    /// Column references as written (qualifier, column).
+    raw_columns: Vec<(Option<String>, String)>,
+}
+
+fn addr<T>(t: &T) -> usize {
+    t as *const T as usize
+}
+
+impl Collector {
+    fn new(root: &Statement, executes: bool) -> Self {
+        Collector {
+            facts: StatementFacts::default(),
+            dangerous: Vec::new(),
+            executes,
+            root: addr(root),
+            targets: HashSet::new(),
+            scopes: Vec::new(),
+            cte_bodies: Vec::new(),
+            aliases: Vec::new(),
+            raw_columns: Vec::new(),
+        }
+    }
+
+    fn is_cte(&self, n: &ObjectName) -> bool {
+        if n.0.len() != 1 {
+            return false;
+        }
+        let name = name_of(n);
+        self.scopes
+            .last()
+            .is_some_and(|s| s.iter().any(|c| *c == name))
+    }
+
+    fn read(&mut self, t: String) {
+        push_unique(&mut self.facts.tables_read, t);
+    }
+
+    fn written(&mut self, t: String) {
+        if self.executes {
+            push_unique(&mut self.facts.tables_written, t);
+        } else {
+            push_unique(&mut self.facts.tables_read, t);
+        }
+    }
+
+    fn kind(&mut self, k: K) {
+        if self.executes {
+            push_kind(&mut self.facts.kinds, k);
+        }
+    }
+
+    fn function(&mut self, n: &ObjectName) {
+        let name = name_of(n);
+        let bare = name.rsplit('.').next().unwrap_or(&name).to_string();
+        if is_dangerous_function(&bare) {
+            push_unique(&mut self.dangerous, bare.clone());
+        }
+        if let Some(rest) = name.strip_prefix("pg_catalog.") {
+            push_unique(&mut self.facts.functions, rest.to_string());
+        }
+        push_unique(&mut self.facts.functions, name);
+    }
+
+    /// A dangerous feature (not a function call): reported in `dangerous` and, so
+    /// that a `functions` condition can refuse it, among the functions too.
+    fn danger(&mut self, what: &str) {
+        push_unique(&mut self.dangerous, what.to_string());
+        push_unique(&mut self.facts.functions, what.to_string());
+    }
+
+    /// The DML target table factor: written (and read when the statement reads it).
+    fn target_factor(&mut self, tf: &TableFactor, reads: bool) {
+        if let TableFactor::Table { name, alias, .. } = tf {
+            self.targets.insert(addr(tf));
+            let t = table_name(name);
+            if let Some(a) = alias {
+                self.aliases.push((fold(&a.name), t.clone()));
+            }
+            self.written(t.clone());
+            if reads {
+                self.read(t);
+            }
+        }
+    }
+
+    /// Statement-level facts, for every statement in the tree (top level and nested).
+    fn statement(&mut self, s: &Statement) {
+        let top = addr(s) == self.root;
+        match s {
+            Statement::Insert(i) => {
+                if !top {
+                    self.kind(K::Insert);
+                }
+                if let TableObject::TableName(n) = &i.table {
+                    let t = table_name(n);
+                    if let Some(a) = &i.table_alias {
+                        self.aliases.push((fold(a), t.clone()));
+                    }
+                    self.written(t.clone());
+                    if i.returning.is_some() || i.on.is_some() {
+                        self.read(t);
+                    }
+                }
+            }
+            Statement::Update(u) => {
+                if !top {
+                    self.kind(K::Update);
+                }
+                let reads = u.selection.is_some() || u.returning.is_some();
+                self.target_factor(&u.table.relation, reads);
+                if self.executes && where_less(u.selection.as_ref()) {
+                    self.facts.where_less = true;
+                }
+            }
+            Statement::Delete(d) => {
+                if !top {
+                    self.kind(K::Delete);
+                }
+                let reads = d.selection.is_some() || d.returning.is_some();
+                let from = match &d.from {
+                    FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => v,
+                };
+                for twj in from {
+                    self.target_factor(&twj.relation, reads);
+                }
+                for n in &d.tables {
+                    self.written(table_name(n));
+                }
+                if self.executes && where_less(d.selection.as_ref()) {
+                    self.facts.where_less = true;
+                }
+            }
+            Statement::Merge(m) => {
+                if !top {
+                    self.kind(K::Merge);
+                }
+                self.target_factor(&m.table, true);
+            }
+            Statement::Truncate(t) => {
+                for n in &t.table_names {
+                    self.written(table_name(&n.name));
+                }
+            }
+            Statement::Copy {
+                source, to, target, ..
+            } => {
+                match source {
+                    CopySource::Table { table_name: n, .. } => {
+                        if *to {
+                            self.read(table_name(n));
+                        } else {
+                            self.written(table_name(n));
+                        }
+                    }
+                    CopySource::Query(_) => self.kind(K::Select),
+                }
+                match target {
+                    CopyTarget::Program { .. } => self.danger("copy_program"),
+                    CopyTarget::File { .. } => self.danger("copy_file"),
+                    CopyTarget::Stdin | CopyTarget::Stdout => {}
+                }
+            }
+            Statement::CreateTable(c) => {
+                self.written(table_name(&c.name));
+                if c.query.is_some() {
+                    self.kind(K::Select);
+                }
+            }
+            Statement::CreateView(v) => self.written(table_name(&v.name)),
+            Statement::CreateIndex(i) => self.written(table_name(&i.table_name)),
+            Statement::AlterTable(a) => self.written(table_name(&a.name)),
+            Statement::AlterView { name, .. } => self.written(table_name(name)),
+            Statement::AlterIndex { name, .. } => self.written(table_name(name)),
+            Statement::CreateTrigger(t) => {
+                self.written(table_name(&t.table_name));
+                if let Some(b) = &t.exec_body {
+                    self.function(&b.func_desc.name);
+                }
+            }
+            Statement::DropTrigger(t) => {
+                if let Some(n) = &t.table_name {
+                    self.written(table_name(n));
+                }
+            }
+            Statement::Drop {
+                object_type,
+                names,
+                table,
+                ..
+            } => {
+                for n in names {
+                    match object_type {
+                        ObjectType::Schema => self.written(format!("{}.*", name_of(n))),
+                        _ => self.written(table_name(n)),
+                    }
+                }
+                if let Some(t) = table {
+                    self.written(table_name(t));
+                }
+            }
+            Statement::CreateSchema { schema_name, .. } => {
+                self.written(format!("{}.*", schema_name_str(schema_name)));
+            }
+            Statement::Grant(g) => self.grant_objects(g.objects.as_ref()),
+            Statement::Revoke(r) => self.grant_objects(r.objects.as_ref()),
+            Statement::Vacuum(v) => {
+                if let Some(n) = &v.table_name {
+                    self.written(table_name(n));
+                }
+            }
+            Statement::Analyze(a) => {
+                if let Some(n) = &a.table_name {
+                    self.read(table_name(n));
+                }
+            }
+            Statement::Call(f) => self.function(&f.name),
+            Statement::Load { .. } => self.danger("load"),
+            Statement::Declare { .. } => self.kind(K::Select),
+            Statement::Comment { object_name, .. } => self.written(table_name(object_name)),
+            Statement::Set(Set::SingleAssignment { variable, .. }) => {
+                let v = name_of(variable);
+                if matches!(
+                    v.as_str(),
+                    "session_preload_libraries"
+                        | "local_preload_libraries"
+                        | "shared_preload_libraries"
+                        | "dynamic_library_path"
+                ) {
+                    self.danger("set_preload_libraries");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn grant_objects(&mut self, o: Option<&GrantObjects>) {
+        match o {
+            Some(GrantObjects::Tables(v))
+            | Some(GrantObjects::Views(v))
+            | Some(GrantObjects::Sequences(v)) => {
+                for n in v {
+                    self.written(table_name(n));
+                }
+            }
+            Some(GrantObjects::AllTablesInSchema { schemas })
+            | Some(GrantObjects::AllSequencesInSchema { schemas })
+            | Some(GrantObjects::Schemas(schemas)) => {
+                for s in schemas {
+                    self.written(format!("{}.*", name_of(s)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `SELECT ... INTO t` and `TABLE t`, which are not table factors.
+    fn set_expr(&mut self, e: &SetExpr) {
+        match e {
+            SetExpr::Select(s) => {
+                if let Some(into) = &s.into {
+                    self.kind(K::Create);
+                    self.written(table_name(&into.name));
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left);
+                self.set_expr(right);
+            }
+            SetExpr::Table(t) => {
+                if let Some(name) = &t.table_name {
+                    let is_cte = t.schema_name.is_none()
+                        && self.scopes.last().is_some_and(|s| s.contains(name));
+                    if !is_cte {
+                        let full = match &t.schema_name {
+                            Some(s) => format!("{s}.{name}"),
+                            None => name.clone(),
+                        };
+                        self.read(full);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn schema_name_str(s: &ast::SchemaName) -> String {
+    match s {
+        ast::SchemaName::Simple(n) => name_of(n),
+        ast::SchemaName::UnnamedAuthorization(i) => fold(i),
+        ast::SchemaName::NamedAuthorization(n, _) => name_of(n),
+    }
+}
+
+/// No WHERE, or a WHERE that names no column at all (`WHERE true`, `WHERE 1 = 1`):
+/// every row.
+fn where_less(selection: Option<&Expr>) -> bool {
+    let Some(e) = selection else {
+        return true;
+    };
+    let mut names_column = false;
+    let _ = ast::visit_expressions(e, |x| {
+        if matches!(x, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            names_column = true;
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    !names_column
+}
+
+impl Visitor for Collector {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        self.statement(s);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        let here = addr(q);
+        let base = match self.cte_bodies.iter().position(|(a, _)| *a == here) {
+            Some(i) => self.cte_bodies.swap_remove(i).1,
+            None => self.scopes.last().cloned().unwrap_or_default(),
+        };
+        let mut visible = base.clone();
+        if let Some(w) = &q.with {
+            let names: Vec<String> = w.cte_tables.iter().map(|c| fold(&c.alias.name)).collect();
+            for (i, c) in w.cte_tables.iter().enumerate() {
+                let mut inner = base.clone();
+                inner.extend(names[..i].iter().cloned());
+                if w.recursive {
+                    inner.push(names[i].clone());
+                }
+                self.cte_bodies.push((addr(&*c.query), inner));
+            }
+            visible.extend(names);
+        }
+        self.scopes.push(visible);
+        self.set_expr(&q.body);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+        self.scopes.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+        match tf {
+            TableFactor::Table {
+                name, args, alias, ..
+            } => {
+                if args.is_some() {
+                    // A set-returning function in FROM.
+                    self.function(name);
+                } else if !self.targets.contains(&addr(tf)) && !self.is_cte(name) {
+                    let t = table_name(name);
+                    if let Some(a) = alias {
+                        self.aliases.push((fold(&a.name), t.clone()));
+                    }
+                    self.read(t);
+                }
+            }
+            TableFactor::Function { name, .. } => self.function(name),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        match e {
+            Expr::Function(f) => self.function(&f.name),
+            Expr::Identifier(id) => self.raw_columns.push((None, fold(id))),
+            Expr::CompoundIdentifier(ids) if ids.len() >= 2 => {
+                let col = fold(&ids[ids.len() - 1]);
+                let q: Vec<String> = ids[..ids.len() - 1].iter().map(fold).collect();
+                self.raw_columns.push((Some(q.join(".")), col));
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Collector {
+    /// Columns as `table.column` where the table is known, else `column`.
+    fn finish_columns(&mut self) {
+        let tables: Vec<String> = {
+            let mut t = self.facts.tables_read.clone();
+            for w in &self.facts.tables_written {
+                push_unique(&mut t, w.clone());
+            }
+            t
+        };
+        let raw = std::mem::take(&mut self.raw_columns);
+        for (q, c) in raw {
+            let col = match q {
+                Some(q) => {
+                    let table = self
+                        .aliases
+                        .iter()
+                        .find(|(a, _)| *a == q)
+                        .map(|(_, t)| t.clone())
+                        .unwrap_or(q);
+                    format!("{table}.{c}")
+                }
+                None if tables.len() == 1 => format!("{}.{c}", tables[0]),
+                None => c,
+            };
+            push_unique(&mut self.facts.columns, col);
+        }
+    }
+}
+
+// ---- per statement ------------------------------------------------------------------
+
+fn top_kind(s: &Statement) -> K {
+    use Statement as S;
+    match s {
+        // `WITH ... DELETE` is a query whose body is the DML statement.
+        S::Query(q) => match &*q.body {
+            SetExpr::Insert(_) => K::Insert,
+            SetExpr::Update(_) => K::Update,
+            SetExpr::Delete(_) => K::Delete,
+            SetExpr::Merge(_) => K::Merge,
+            _ => K::Select,
+        },
+        S::Insert(_) => K::Insert,
+        S::Update(_) => K::Update,
+        S::Delete(_) => K::Delete,
+        S::Merge(_) => K::Merge,
+        S::Truncate(_) => K::Truncate,
+        S::Copy { .. } => K::Copy,
+        S::Grant(_) => K::Grant,
+        S::Revoke(_) => K::Revoke,
+        S::Set(Set::SetRole { .. }) | S::Set(Set::SetSessionAuthorization(_)) => K::SetRole,
+        S::Set(_) => K::Set,
+        S::Reset(_) => K::Reset,
+        S::StartTransaction { .. } => K::Begin,
+        S::Commit { .. } => K::Commit,
+        S::Rollback { .. } => K::Rollback,
+        S::Savepoint { .. } | S::ReleaseSavepoint { .. } => K::Savepoint,
+        S::Call(_) => K::Call,
+        S::Explain { .. } | S::ExplainTable { .. } => K::Explain,
+        S::Prepare { .. } => K::Prepare,
+        S::Execute { .. } => K::Execute,
+        S::LISTEN { .. } => K::Listen,
+        S::NOTIFY { .. } | S::UNLISTEN { .. } => K::Notify,
+        S::Vacuum(_) | S::Analyze(_) => K::Vacuum,
+        S::Drop { .. }
+        | S::DropFunction(_)
+        | S::DropDomain(_)
+        | S::DropProcedure { .. }
+        | S::DropSecret { .. }
+        | S::DropPolicy(_)
+        | S::DropConnector { .. }
+        | S::DropExtension(_)
+        | S::DropOperator(_)
+        | S::DropOperatorFamily(_)
+        | S::DropOperatorClass(_)
+        | S::DropTrigger(_) => K::Drop,
+        _ => {
+            // CREATE ... / ALTER ... by their text: the AST has many variants.
+            let text = s.to_string();
+            let first = text
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            match first.as_str() {
+                "CREATE" => K::Create,
+                "ALTER" => K::Alter,
+                "DROP" => K::Drop,
+                _ => K::Other,
+            }
+        }
+    }
+}
+
+/// Whether EXPLAIN runs its statement (ANALYZE, as a keyword or an option that is
+/// not explicitly false).
+fn explain_executes(analyze: bool, options: Option<&Vec<ast::UtilityOption>>) -> bool {
+    if analyze {
+        return true;
+    }
+    options.is_some_and(|opts| {
+        opts.iter().any(|o| {
+            o.name.value.eq_ignore_ascii_case("analyze")
+                && !o.arg.as_ref().is_some_and(|a| {
+                    let v = a.to_string().to_ascii_lowercase();
+                    let v = v.trim_matches('\'');
+                    matches!(v, "false" | "off" | "0" | "no")
+                })
+        })
+    })
+}
+
+fn fingerprint(s: &Statement) -> String {
+    let mut s = s.clone();
+    let _ = ast::visit_expressions_mut(&mut s, |e| {
+        if let Expr::Value(v) = e {
+            *v = ast::Value::Placeholder("?".into()).with_empty_span();
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    s.to_string()
+}
+
+fn search_path_values(values: &[Expr]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in values {
+        let s = match v {
+            Expr::Identifier(id) => fold(id),
+            Expr::Value(v) => match &v.value {
+                ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
+                    // A string holds one or several comma-separated names.
+                    for part in s.split(',') {
+                        let p = part.trim();
+                        let p = if p.len() >= 2 && p.starts_with('"') && p.ends_with('"') {
+                            p[1..p.len() - 1].to_string()
+                        } else {
+                            p.to_lowercase()
+                        };
+                        if !p.is_empty() {
+                            out.push(p);
+                        }
+                    }
+                    continue;
+                }
+                other => other.to_string().to_lowercase(),
+            },
+            other => other.to_string().to_lowercase(),
+        };
+        out.push(s);
+    }
+    out
+}
+
+/// Analyses one parsed statement.
+pub(super) fn statement_info(s: &Statement) -> StatementInfo {
+    let kind = top_kind(s);
+    let mut info = StatementInfo {
+        fingerprint: fingerprint(s),
+        ..Default::default()
+    };
+    // PREPARE: the inner statement, analysed on its own; the PREPARE itself is
+    // decided as the inner statement (so a denied statement is refused when it is
+    // prepared, not only when executed).
+    if let Statement::Prepare {
+        name, statement, ..
+    } = s
+    {
+        let inner = statement_info(statement);
+        let mut facts = inner.facts.clone();
+        facts.kinds.insert(0, K::Prepare);
+        dedup_kinds(&mut facts.kinds);
+        info.facts = facts;
+        info.dangerous = inner.dangerous.clone();
+        info.prepare = Some((fold(name), Box::new(inner)));
+        return info;
+    }
+    let executes = match s {
+        Statement::Explain {
+            analyze,
+            options,
+            statement,
+            ..
+        } => {
+            let runs = explain_executes(*analyze, options.as_ref());
+            if runs {
+                let inner = top_kind(statement);
+                let mut c = Collector::new(s, true);
+                c.facts.kinds.push(K::Explain);
+                c.facts.kinds.push(inner);
+                let _ = s.visit(&mut c);
+                return finish(info, c);
+            }
+            false
+        }
+        _ => true,
+    };
+    let mut c = Collector::new(s, executes);
+    c.facts.kinds.push(kind);
+    // The collector only adds kinds of nested statements when they execute.
+    let _ = s.visit(&mut c);
+    match s {
+        Statement::Execute { name: Some(n), .. } => info.execute = Some(name_of(n)),
+        Statement::Deallocate { name, .. } => {
+            info.deallocate = Some(
+                if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none() {
+                    None
+                } else {
+                    Some(fold(name))
+                },
+            );
+        }
+        Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) if name_of(variable) == "search_path" => {
+            let v = search_path_values(values);
+            if v.len() == 1 && v[0] == "default" {
+                info.reset_search_path = true;
+            } else {
+                info.set_search_path = Some(v);
+            }
+        }
+        Statement::Reset(r) => match &r.reset {
+            ast::Reset::ALL => info.reset_search_path = true,
+            ast::Reset::ConfigurationParameter(n) if name_of(n) == "search_path" => {
+                info.reset_search_path = true;
+            }
+            _ => {}
+        },
+        Statement::Discard { object_type } => {
+            if matches!(object_type, ast::DiscardObject::ALL) {
+                info.reset_search_path = true;
+                info.deallocate = Some(None);
+            }
+        }
+        _ => {}
+    }
+    finish(info, c)
+}
+
+fn dedup_kinds(v: &mut Vec<K>) {
+    let mut seen = Vec::new();
+    v.retain(|k| {
+        if seen.contains(k) {
+            false
+        } else {
+            seen.push(*k);
+            true
+        }
+    });
+}
+
+fn finish(mut info: StatementInfo, mut c: Collector) -> StatementInfo {
+    c.finish_columns();
+    dedup_kinds(&mut c.facts.kinds);
+    info.facts = c.facts;
+    info.dangerous = c.dangerous;
+    info
+}
+
+// ---- text → statements ----------------------------------------------------------------
+
+/// Parses and analyses a text. Never panics.
+pub fn analyze_text(sql: &str) -> Analysis {
+    match std::panic::catch_unwind(|| analyze_inner(sql)) {
+        Ok(a) => a,
+        Err(_) => Analysis {
+            statements: Vec::new(),
+            error: Some("the SQL analyser failed on this text".into()),
+        },
+    }
+}
+
+fn analyze_inner(sql: &str) -> Analysis {
+    let dialect = PostgreSqlDialect {};
+    // sqlparser reads whatever follows `COPY ... FROM STDIN;` as the COPY's inline
+    // data, while the server runs it as further statements: such texts are split
+    // at semicolons by the agent and parsed statement by statement.
+    let whole = Parser::parse_sql(&dialect, sql).and_then(|stmts| {
+        if stmts.iter().any(|s| {
+            matches!(
+                s,
+                Statement::Copy {
+                    to: false,
+                    target: CopyTarget::Stdin,
+                    ..
+                }
+            )
+        }) {
+            Err(sqlparser::parser::ParserError::ParserError(
+                "COPY FROM STDIN".into(),
+            ))
+        } else {
+            Ok(stmts)
+        }
+    });
+    match whole {
+        Ok(stmts) => Analysis {
+            statements: stmts.iter().map(statement_info).collect(),
+            error: None,
+        },
+        Err(whole) => {
+            // Statements sqlparser does not know (DO, CREATE RULE, ABORT, ...): split
+            // the text at top-level semicolons and recognise them one by one.
+            let pieces = match split_statements(sql) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Analysis {
+                        statements: Vec::new(),
+                        error: Some(e),
+                    };
+                }
+            };
+            let mut out = Vec::new();
+            for p in pieces {
+                // The terminating semicolon (which the split removed) is what
+                // sqlparser needs after `COPY ... FROM STDIN`.
+                match Parser::parse_sql(&dialect, &format!("{};", p.text)) {
+                    Ok(stmts) => out.extend(stmts.iter().map(statement_info)),
+                    Err(_) => match fallback(&p) {
+                        Some(info) => out.push(info),
+                        None => {
+                            return Analysis {
+                                statements: Vec::new(),
+                                error: Some(whole.to_string()),
+                            };
+                        }
+                    },
+                }
+            }
+            Analysis {
+                statements: out,
+                error: None,
+            }
+        }
+    }
+}
+
+struct Piece {
+    text: String,
+    /// Significant tokens (no whitespace or comments).
+    tokens: Vec<Token>,
+}
+
+fn split_statements(sql: &str) -> Result<Vec<Piece>, String> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize()
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut sig = Vec::new();
+    let mut depth = 0i32;
+    for t in tokens {
+        match &t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        if matches!(t, Token::SemiColon) && depth <= 0 {
+            if !sig.is_empty() {
+                out.push(Piece {
+                    text: std::mem::take(&mut text),
+                    tokens: std::mem::take(&mut sig),
+                });
+            }
+            text.clear();
+            depth = 0;
+            continue;
+        }
+        if !matches!(t, Token::Whitespace(_)) {
+            sig.push(t.clone());
+        }
+        match &t {
+            Token::Whitespace(Whitespace::SingleLineComment { .. })
+            | Token::Whitespace(Whitespace::MultiLineComment(_)) => text.push(' '),
+            _ => text.push_str(&t.to_string()),
+        }
+    }
+    if !sig.is_empty() {
+        out.push(Piece { text, tokens: sig });
+    }
+    Ok(out)
+}
+
+fn word(t: Option<&Token>) -> Option<String> {
+    match t {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+/// Statements sqlparser does not parse, recognised by their leading keywords.
+fn fallback(p: &Piece) -> Option<StatementInfo> {
+    let t = &p.tokens;
+    let w = |i: usize| word(t.get(i));
+    let simple = |k: K| {
+        Some(StatementInfo {
+            facts: StatementFacts {
+                kinds: vec![k],
+                ..Default::default()
+            },
+            fingerprint: fingerprint_tokens(t),
+            ..Default::default()
+        })
+    };
+    match w(0).as_deref() {
+        Some("DO") => simple(K::Do),
+        Some("ABORT") => simple(K::Rollback),
+        Some("CHECKPOINT") => simple(K::Other),
+        Some("ALTER") if w(1).as_deref() == Some("SYSTEM") => {
+            let mut i = simple(K::Alter)?;
+            i.dangerous.push("alter_system".into());
+            i.facts.functions.push("alter_system".into());
+            Some(i)
+        }
+        Some("CREATE") => {
+            let mut i = 1;
+            if w(1).as_deref() == Some("OR") && w(2).as_deref() == Some("REPLACE") {
+                i = 3;
+            }
+            if w(i).as_deref() == Some("RULE") {
+                create_rule(t, i + 1)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `CREATE RULE name AS ON event TO table [WHERE cond] DO [ALSO|INSTEAD] action`:
+/// the table and everything the actions touch count as written.
+fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
+    // Find `TO` after `ON event`.
+    while i < t.len() && word(t.get(i)).as_deref() != Some("TO") {
+        i += 1;
+    }
+    i += 1;
+    let mut name = String::new();
+    while let Some(tok) = t.get(i) {
+        match tok {
+            Token::Word(w) => {
+                name.push_str(&if w.quote_style.is_some() {
+                    w.value.clone()
+                } else {
+                    w.value.to_lowercase()
+                });
+            }
+            Token::Period => name.push('.'),
+            _ => break,
+        }
+        i += 1;
+        if !matches!(t.get(i), Some(Token::Period)) && !matches!(tok, Token::Period) {
+            break;
+        }
+    }
+    if name.is_empty() {
+        return None;
+    }
+    // The actions after DO [ALSO|INSTEAD].
+    while i < t.len() && word(t.get(i)).as_deref() != Some("DO") {
+        i += 1;
+    }
+    i += 1;
+    if matches!(word(t.get(i)).as_deref(), Some("ALSO") | Some("INSTEAD")) {
+        i += 1;
+    }
+    let mut facts = StatementFacts {
+        kinds: vec![K::Create],
+        tables_written: vec![name],
+        ..Default::default()
+    };
+    let mut dangerous = Vec::new();
+    let rest: String = t[i.min(t.len())..]
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rest = rest.trim();
+    let rest = rest
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(rest);
+    if !rest.eq_ignore_ascii_case("NOTHING") {
+        let stmts = Parser::parse_sql(&PostgreSqlDialect {}, rest).ok()?;
+        for s in &stmts {
+            let inner = statement_info(s);
+            for x in inner
+                .facts
+                .tables_read
+                .into_iter()
+                .chain(inner.facts.tables_written)
+            {
+                // `new` and `old` are the rule's row variables, not tables.
+                if x != "new" && x != "old" {
+                    push_unique(&mut facts.tables_written, x);
+                }
+            }
+            for f in inner.facts.functions {
+                push_unique(&mut facts.functions, f);
+            }
+            for d in inner.dangerous {
+                push_unique(&mut dangerous, d);
+            }
+        }
+    }
+    Some(StatementInfo {
+        facts,
+        fingerprint: fingerprint_tokens(t),
+        dangerous,
+        ..Default::default()
+    })
+}
+
+fn fingerprint_tokens(t: &[Token]) -> String {
+    t.iter()
+        .map(|x| match x {
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::HexStringLiteral(_) => "?".to_string(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

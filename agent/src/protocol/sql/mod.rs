@@ -1,0 +1,29 @@
+//! SQL inspection for PostgreSQL: what a statement does, in the terms the policy
+//! decides on ([`StatementFacts`]), a literal-free fingerprint for the audit log,
+//! recognised dangerous functions and features, and the per-session state
+//! (SQL-level prepared statements, `search_path`) needed to decide later
+//! statements.
+//!
+//! - [`Analyzer`]: parses text (sqlparser, PostgreSQL dialect) into an
+//!   [`Analysis`], one [`StatementInfo`] per statement, behind a bounded cache
+//!   keyed by the exact text.
+//! - [`SqlSession`]: qualifies unqualified tables with every schema the session's
+//!   `search_path` may name, and resolves `EXECUTE name` to what was prepared.
+//!
+//! Nothing here panics on any input: text the parser does not understand becomes
+//! `Analysis::error`, which the policy decides as `Action::Unparseable`.
+
+mod analyze;
+mod cache;
+mod decide;
+mod session;
+
+#[cfg(test)]
+mod corpus;
+#[cfg(test)]
+mod tests;
+
+pub use analyze::{Analysis, StatementInfo};
+pub use cache::Analyzer;
+pub use decide::{MessageDecision, StatementDecision, decide_message, most_restrictive};
+pub use session::SqlSession;
