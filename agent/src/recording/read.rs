@@ -13,10 +13,10 @@ const TAIL: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a session recording: {reason}")]
     NotRecording { path: PathBuf, reason: String },
@@ -29,9 +29,9 @@ pub enum ReadError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
-    move |source| ReadError::Io {
+    move |error| ReadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

@@ -263,7 +263,7 @@ pub fn event(e: &Event) -> String {
         }
         _ => (compact(d), None),
     };
-    let mut out = format!("{:<14} {:<13} {line}", offset(e.elapsed_us), e.kind);
+    let mut out = format!("{:<12} {:<14} {line}", offset(e.elapsed_us), e.kind);
     let out_len = out.trim_end().len();
     out.truncate(out_len);
     if let Some(m) = more {
@@ -434,12 +434,12 @@ mod tests {
         };
         let order = [
             "exe /usr/bin/psql",
-            "request       SELECT id, name  [allow by ops]",
+            "request        SELECT id, name  [allow by ops]",
             "\n    FROM users\n",
-            "response      SELECT 2\n id | name\n----+-------\n 1  | alice\n 2  | NULL\n(2 rows)",
-            "error         ERROR 42P01: relation \"x\" does not exist",
-            "custom_thing  {\"k\":1}",
-            "session_end   closed;",
+            "response       SELECT 2\n id | name\n----+-------\n 1  | alice\n 2  | NULL\n(2 rows)",
+            "error          ERROR 42P01: relation \"x\" does not exist",
+            "custom_thing   {\"k\":1}",
+            "session_end    closed;",
         ];
         let pos: Vec<usize> = order.iter().map(|n| at(n)).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "out of order:\n{out}");
