@@ -114,6 +114,16 @@ pub struct AgentConfig {
     /// SIGHUP and `portcullis policy reload`). A change is loaded once the files
     /// have stayed the same for one more interval.
     pub policy_watch_secs: u64,
+    // ---- session recording (agent/src/recording) ----
+    /// Record every decided session to its own file.
+    pub recording_enabled: bool,
+    /// Directory of the recordings (absolute); absent = `<state_dir>/sessions`.
+    pub recording_dir: Option<PathBuf>,
+    /// Bytes per session recording; beyond it one `truncated` event, later events
+    /// counted but not written (at least 512).
+    pub recording_max_bytes: u64,
+    /// Remove recordings last written longer ago than this (seconds; 0 = keep forever).
+    pub recording_retain_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -140,6 +150,10 @@ impl Default for AgentConfig {
             audit_retain_bytes: 0,
             audit_min_free_bytes: 1 << 20,
             policy_watch_secs: 2,
+            recording_enabled: true,
+            recording_dir: None,
+            recording_max_bytes: 64 << 20,
+            recording_retain_secs: 0,
         }
     }
 }
@@ -236,6 +250,20 @@ impl AgentConfig {
                 self.audit_retain_bytes.to_string(),
                 "must be 0 (no limit) or at least audit_rotate_bytes: a smaller limit would \
                  remove every segment as soon as it is rotated",
+            ));
+        }
+        if self.recording_max_bytes < 512 {
+            return Err(invalid(
+                "recording_max_bytes",
+                self.recording_max_bytes.to_string(),
+                "must be at least 512: the session header alone takes several hundred bytes",
+            ));
+        }
+        if let Some(d) = self.recording_dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "recording_dir",
+                d.display().to_string(),
+                "must be an absolute path (or left out for <state_dir>/sessions)",
             ));
         }
         if !self.bpffs_dir.is_absolute() {
@@ -343,6 +371,29 @@ mod tests {
                 text.lines().any(|l| l.starts_with(&format!("{k}:"))),
                 "systemd/agent.yaml does not show `{k}`"
             );
+        }
+    }
+
+    #[test]
+    fn recording_defaults_and_limits() {
+        let c = AgentConfig::parse(Path::new("a"), "").expect("defaults");
+        assert!(c.recording_enabled);
+        assert_eq!(
+            (c.recording_dir.clone(), c.recording_max_bytes),
+            (None, 64 << 20)
+        );
+        let c = AgentConfig::parse(
+            Path::new("a"),
+            "recording_dir: /srv/rec\nrecording_max_bytes: 4096\n",
+        )
+        .expect("valid");
+        assert_eq!(c.recording_dir, Some(PathBuf::from("/srv/rec")));
+        for (text, setting) in [
+            ("recording_max_bytes: 10\n", "recording_max_bytes"),
+            ("recording_dir: rec\n", "recording_dir"),
+        ] {
+            let err = AgentConfig::parse(Path::new("a"), text).expect_err(text);
+            assert!(err.to_string().contains(setting), "{err}");
         }
     }
 

@@ -10,6 +10,7 @@ mod identity;
 mod policy;
 mod protocol;
 mod proxy;
+mod recording;
 mod run;
 mod state;
 mod systemd;
@@ -65,6 +66,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Recorded sessions (work offline, on the recording directory or a copy).
+    Sessions {
+        #[command(subcommand)]
+        command: recording::cli::SessionsCommand,
+    },
+    /// Play a recorded session back with its original timing.
+    Replay(recording::cli::ReplayArgs),
     /// Remove enforcement (unpin all programs and maps). Audited. Stops the agent.
     Detach {
         #[command(flatten)]
@@ -354,6 +362,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Bench(args),
         } => audit::bench::run(&args),
+        Command::Sessions { command } => recording::cli::sessions(command),
+        Command::Replay(args) => recording::cli::replay(args),
         Command::Detach { target, yes } => {
             if !yes {
                 anyhow::bail!(

@@ -1,7 +1,8 @@
 //! The L4 transparent proxy: accepts redirected connections, finds who made them
 //! and where they were going, asks the policy, dials the original destination from
 //! an exempt (marked) socket, and copies bytes both ways with half-close and an
-//! idle timeout. One audit record per connection.
+//! idle timeout. One audit record per connection, and one session recording per
+//! decided connection (metadata, half-closes, periodic byte counts, the end).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -11,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use agent_common::TupleKey;
 use serde::Serialize;
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::identity::{self, Attribution};
 use crate::policy::{self, Decision, Outcome};
+use crate::recording::{Recorder, RecordingConfig};
 use crate::state::Shared;
 
 /// Opaque per-connection id, unique on this host across restarts.
@@ -65,7 +68,14 @@ struct ConnectionRecord<'a> {
     duration_ms: u64,
     end: &'a str,
     error: Option<String>,
+    /// The session recording's summary (file, sha256, size, truncated), or the
+    /// error that prevented it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recording: Option<Value>,
 }
+
+/// How often an L4 session's recording gets a `bytes` event while bytes move.
+const BYTES_EVENT_INTERVAL: Duration = Duration::from_secs(10);
 
 pub fn to_v6(ip: IpAddr) -> [u8; 16] {
     match ip {
@@ -124,6 +134,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         duration_ms: 0,
         end: "refused",
         error: None,
+        recording: None,
     };
     shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
 
@@ -164,6 +175,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     rec.original_destination = Some(dst.to_string());
 
     let target = policy.target_for(&conn.orig_addr, conn.orig_port);
+    let protocol = target.map(|t| t.protocol.name()).unwrap_or("tcp");
     let decision: Decision;
     match target {
         None => {
@@ -203,7 +215,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         rec.rule = "audit-unavailable";
         rec.error = Some("the audit log is not accepting records".into());
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        finish(&shared, &rec, started);
+        finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     }
     if decision.outcome == Outcome::Hold {
@@ -215,13 +227,13 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             decision.rule
         ));
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        finish(&shared, &rec, started);
+        finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     }
     if decision.outcome == Outcome::Deny {
         tracing::info!(session = %session, pid = attribution.pid, comm = %attribution.comm, destination = %dst, rule = %decision.rule, "connection denied");
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        finish(&shared, &rec, started);
+        finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     }
     let Ok(_permit) = shared.conn_limit.clone().try_acquire_owned() else {
@@ -232,10 +244,33 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             shared.cfg.max_connections
         ));
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        finish(&shared, &rec, started);
+        finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     };
     rec.decision = decision.label();
+    // The recording exists before any byte flows. Without it there is no evidence
+    // of what the session did: refuse, like an unwritable audit log.
+    let rcfg = RecordingConfig::from_agent(&shared.cfg);
+    let (meta, id) = (recording_meta(&rec, protocol), rec.session_id.clone());
+    let mut recorder = match tokio::task::spawn_blocking(move || {
+        Recorder::start_if_enabled(&rcfg, &id, meta)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(session = %session, error = %e, "cannot create the session recording; refusing the connection");
+            rec.decision = "deny";
+            rec.rule = "recording-unavailable";
+            rec.error = Some(format!("session recording: {e}"));
+            rec.recording = Some(json!({ "error": e }));
+            shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+            finish(&shared, &rec, started);
+            return;
+        }
+    };
     shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
     // Evidence of access exists before any byte flows: if the agent dies mid-session,
     // the start record is still there.
@@ -249,13 +284,14 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         "rule": rec.rule,
         "mode": rec.mode,
         "policy_hash": rec.policy_hash,
+        "recording": recorder.as_ref().map(|r| r.path().display().to_string()),
     });
     if let Err(e) = shared.audit.record("connection_start", start) {
         tracing::error!(error = %e, "audit record refused; refusing the connection");
         rec.decision = "deny";
         rec.rule = "audit-unavailable";
         rec.error = Some(e.to_string());
-        finish(&shared, &rec, started);
+        finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
         return;
     }
 
@@ -270,7 +306,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         Err(e) => {
             rec.end = "upstream_unreachable";
             rec.error = Some(e);
-            finish(&shared, &rec, started);
+            finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
             return;
         }
     };
@@ -279,13 +315,92 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         0 => None,
         s => Some(Duration::from_secs(s)),
     };
-    let (up, down, end, err) = relay(client, upstream, idle).await;
+    let (up, down, end, err) = {
+        let mut observe = |kind: &'static str, body: Value| {
+            if let Some(r) = recorder.as_mut() {
+                r.event(kind, body);
+            }
+        };
+        relay_observed(
+            client,
+            upstream,
+            idle,
+            Some(BYTES_EVENT_INTERVAL),
+            &mut observe,
+        )
+        .await
+    };
     shared.stats.active.fetch_sub(1, Ordering::Relaxed);
     rec.bytes_client_to_upstream = up;
     rec.bytes_upstream_to_client = down;
     rec.end = end;
     rec.error = err;
-    finish(&shared, &rec, started);
+    finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
+}
+
+/// The header of a session recording: who, where to, and what was decided.
+fn recording_meta(rec: &ConnectionRecord<'_>, protocol: &str) -> Value {
+    json!({
+        "session_id": rec.session_id,
+        "client": rec.client,
+        "original_destination": rec.original_destination,
+        "target": rec.target,
+        "protocol": protocol,
+        "attribution": rec.attribution,
+        "workloads": rec.workloads,
+        "decision": rec.decision,
+        "policy_decision": rec.policy_decision,
+        "rule": rec.rule,
+        "mode": rec.mode,
+        "policy_hash": rec.policy_hash,
+    })
+}
+
+/// Ends the session's recording (creating it first for a session refused before
+/// any byte moved), puts its summary in the connection record, and writes that
+/// record. The recording is fsynced off the async workers.
+async fn finish_recorded(
+    shared: &Shared,
+    rec: &mut ConnectionRecord<'_>,
+    started: Instant,
+    recorder: Option<Recorder>,
+    protocol: &str,
+) {
+    let end = json!({
+        "end": rec.end,
+        "error": rec.error,
+        "decision": rec.decision,
+        "rule": rec.rule,
+        "bytes_client_to_upstream": rec.bytes_client_to_upstream,
+        "bytes_upstream_to_client": rec.bytes_upstream_to_client,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    let rcfg = RecordingConfig::from_agent(&shared.cfg);
+    let (meta, id) = (recording_meta(rec, protocol), rec.session_id.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        let r = match recorder {
+            Some(r) => Some(r),
+            None => Recorder::start_if_enabled(&rcfg, &id, meta).map_err(|e| e.to_string())?,
+        };
+        Ok::<_, String>(r.map(|r| r.finish(end)))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    rec.recording = match done {
+        Ok(Some(summary)) => {
+            if let Some(e) = &summary.error {
+                tracing::error!(session = %rec.session_id, error = %e, "session recording incomplete");
+            }
+            serde_json::to_value(summary).ok()
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(session = %rec.session_id, error = %e, "cannot write the session recording");
+            Some(json!({ "error": e }))
+        }
+    };
+    finish(shared, rec, started);
 }
 
 fn finish(shared: &Shared, rec: &ConnectionRecord<'_>, started: Instant) {
@@ -327,10 +442,23 @@ pub async fn dial(dst: SocketAddr, mark: u32, timeout: Duration) -> Result<TcpSt
 /// Copies both ways until both sides have finished. EOF on one side is passed on as
 /// a write shutdown to the other (half-close). Returns bytes client→upstream,
 /// upstream→client, how it ended, and an error if one ended it.
+#[cfg_attr(not(test), allow(dead_code))]
 pub async fn relay(
     client: TcpStream,
     upstream: TcpStream,
     idle: Option<Duration>,
+) -> (u64, u64, &'static str, Option<String>) {
+    relay_observed(client, upstream, idle, None, &mut |_, _| {}).await
+}
+
+/// [`relay`], telling `observe` when either side finishes sending (`half_close`)
+/// and, every `tick` while bytes move, the counts so far (`bytes`).
+pub async fn relay_observed(
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Option<Duration>,
+    tick: Option<Duration>,
+    observe: &mut (dyn FnMut(&'static str, Value) + Send),
 ) -> (u64, u64, &'static str, Option<String>) {
     let _ = client.set_nodelay(true);
     let last = AtomicU64::new(0);
@@ -344,19 +472,38 @@ pub async fn relay(
     let both = async {
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
+        let mut ticker = tick.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+        let mut reported = (0, 0);
         while !(up_done && down_done) {
+            let next_tick = async {
+                match ticker.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 r = &mut up, if !up_done => {
                     if r.is_some() {
                         return r;
                     }
                     up_done = true;
+                    observe("half_close", json!({"from": "client", "bytes": up_bytes.load(Ordering::Relaxed)}));
                 }
                 r = &mut down, if !down_done => {
                     if r.is_some() {
                         return r;
                     }
                     down_done = true;
+                    observe("half_close", json!({"from": "upstream", "bytes": down_bytes.load(Ordering::Relaxed)}));
+                }
+                _ = next_tick => {
+                    let now = (up_bytes.load(Ordering::Relaxed), down_bytes.load(Ordering::Relaxed));
+                    if now != reported {
+                        reported = now;
+                        observe("bytes", json!({"client_to_upstream": now.0, "upstream_to_client": now.1}));
+                    }
                 }
             }
         }

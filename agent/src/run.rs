@@ -178,6 +178,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
             }
         });
     }
+    if shared.cfg.recording_enabled && shared.cfg.recording_retain_secs > 0 {
+        tokio::spawn(crate::recording::retention::run(shared.clone()));
+    }
     if shared.cfg.policy_watch_secs > 0 {
         let s = shared.clone();
         tokio::spawn(async move { watch_policy_dir(s).await });
