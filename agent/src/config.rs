@@ -124,6 +124,18 @@ pub struct AgentConfig {
     pub recording_max_bytes: u64,
     /// Remove recordings last written longer ago than this (seconds; 0 = keep forever).
     pub recording_retain_secs: u64,
+    // ---- protocol targets (PostgreSQL) ----
+    /// Directory of agent-held target credentials (`<name>.yaml`, mode 0600).
+    pub credentials_dir: PathBuf,
+    /// The agent's host certificate (PEM chain) offered to clients that ask for
+    /// TLS on protocol targets; with `tls_key_file`. Absent: clients asking for
+    /// TLS are told it is not available.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Largest protocol message accepted from a client or a server (bytes).
+    pub pg_max_message_bytes: usize,
+    /// Distinct statement texts whose SQL analysis is kept (parse cache).
+    pub sql_parse_cache: usize,
 }
 
 impl Default for AgentConfig {
@@ -154,6 +166,11 @@ impl Default for AgentConfig {
             recording_dir: None,
             recording_max_bytes: 64 << 20,
             recording_retain_secs: 0,
+            credentials_dir: PathBuf::from("/etc/portcullis/credentials"),
+            tls_cert_file: None,
+            tls_key_file: None,
+            pg_max_message_bytes: 64 << 20,
+            sql_parse_cache: 4096,
         }
     }
 }
@@ -264,6 +281,20 @@ impl AgentConfig {
                 "recording_dir",
                 d.display().to_string(),
                 "must be an absolute path (or left out for <state_dir>/sessions)",
+            ));
+        }
+        if self.pg_max_message_bytes < 64 * 1024 {
+            return Err(invalid(
+                "pg_max_message_bytes",
+                self.pg_max_message_bytes.to_string(),
+                "must be at least 65536: clients send statements and COPY data larger than that",
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(invalid(
+                "tls_cert_file/tls_key_file",
+                "one of them".into(),
+                "give both the certificate and its private key, or neither",
             ));
         }
         if !self.bpffs_dir.is_absolute() {

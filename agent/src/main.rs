@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod config;
+mod credentials;
 mod ebpf;
 mod flows;
 mod identity;

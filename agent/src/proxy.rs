@@ -72,6 +72,10 @@ struct ConnectionRecord<'a> {
     /// error that prevented it.
     #[serde(skip_serializing_if = "Option::is_none")]
     recording: Option<Value>,
+    /// Protocol sessions: what the protocol handler saw (upstream user, database,
+    /// TLS on each side, statements and refusals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<serde_json::Value>,
 }
 
 /// How often an L4 session's recording gets a `bytes` event while bytes move.
@@ -134,6 +138,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         duration_ms: 0,
         end: "refused",
         error: None,
+        session: None,
         recording: None,
     };
     shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -176,6 +181,10 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
 
     let target = policy.target_for(&conn.orig_addr, conn.orig_port);
     let protocol = target.map(|t| t.protocol.name()).unwrap_or("tcp");
+    // Targets whose protocol the agent speaks are served by its handler.
+    let pg_target = target
+        .filter(|t| t.protocol == policy::spec::Protocol::Postgres)
+        .cloned();
     let decision: Decision;
     match target {
         None => {
@@ -292,6 +301,37 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         rec.rule = "audit-unavailable";
         rec.error = Some(e.to_string());
         finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
+        return;
+    }
+
+    if let Some(t) = pg_target {
+        shared.stats.active.fetch_add(1, Ordering::Relaxed);
+        let ctx = crate::protocol::postgres::session::Ctx {
+            shared: shared.clone(),
+            session_id: rec.session_id.clone(),
+            target: t,
+            dst,
+            attribution: attribution.clone(),
+            subject: attribution.subject(),
+            workloads: decision.workloads.clone(),
+            recorder: recorder.take(),
+        };
+        let mut s = crate::protocol::postgres::session::serve(ctx, client).await;
+        shared.stats.active.fetch_sub(1, Ordering::Relaxed);
+        rec.bytes_client_to_upstream = s.bytes_client_to_upstream;
+        rec.bytes_upstream_to_client = s.bytes_upstream_to_client;
+        rec.end = s.end;
+        rec.error = s.error.clone();
+        rec.session = Some(serde_json::json!({
+            "protocol": "postgres",
+            "upstream_user": s.upstream_user,
+            "database": s.database,
+            "client_tls": s.client_tls,
+            "upstream_tls": s.upstream_tls,
+            "statements": s.statements,
+            "refused": s.denied,
+        }));
+        finish_recorded(&shared, &mut rec, started, s.recorder.take(), protocol).await;
         return;
     }
 

@@ -128,6 +128,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
         .map_err(|e| anyhow::anyhow!("refusing to start: the policy set is invalid:\n{e}"))?;
     check_policy_for_agent(&policy, &cfg).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     warn_if_unprivileged_port(cfg.listen_port);
+    let pg = crate::protocol::postgres::Global::new(&cfg)
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     let audit = AuditLog::open_config(&cfg)?;
     let (root, cgroup) = resolve_cgroup(&cfg)?;
     let listeners = proxy::bind(cfg.listen_v4, cfg.listen_v6, cfg.listen_port)
@@ -164,6 +166,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
         policy,
         audit,
         CgroupResolver::new(root),
+        pg,
     ));
 
     for l in listeners {

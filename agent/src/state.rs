@@ -38,6 +38,8 @@ pub struct Shared {
     pub conn_limit: Arc<Semaphore>,
     /// Notified to stop the agent (SIGTERM, detach).
     pub shutdown: Notify,
+    /// PostgreSQL sessions: TLS, cancel keys, SQL analysis cache.
+    pub pg: crate::protocol::postgres::Global,
 }
 
 impl Shared {
@@ -47,6 +49,7 @@ impl Shared {
         policy: CompiledPolicy,
         audit: AuditLog,
         cgroups: CgroupResolver,
+        pg: crate::protocol::postgres::Global,
     ) -> Self {
         let max = cfg.max_connections;
         Self {
@@ -61,6 +64,7 @@ impl Shared {
             started: Instant::now(),
             conn_limit: Arc::new(Semaphore::new(max)),
             shutdown: Notify::new(),
+            pg,
         }
     }
 

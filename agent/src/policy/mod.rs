@@ -213,6 +213,8 @@ pub struct Target {
     pub credentials: Option<String>,
     pub tls: spec::TlsSpec,
     pub unparseable: spec::Unparseable,
+    /// Full statements or fingerprints in statement audit records.
+    pub statement_text: spec::StatementText,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1310,6 +1312,7 @@ impl CompiledPolicy {
                     credentials: t.credentials.clone(),
                     tls,
                     unparseable: t.defaults.clone().unwrap_or_default().unparseable,
+                    statement_text: t.audit.clone().unwrap_or_default().statement_text,
                 });
             }
         }

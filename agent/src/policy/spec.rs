@@ -188,6 +188,27 @@ pub struct TargetDefaults {
     pub unparseable: Unparseable,
 }
 
+/// What statement audit records hold.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementText {
+    /// The statement as the client sent it (the default).
+    #[default]
+    Full,
+    /// The statement with its literals replaced by `?`: no values at rest.
+    Fingerprint,
+}
+
+/// What the agent writes about requests to this target.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetAudit {
+    #[serde(default)]
+    pub statement_text: StatementText,
+}
+
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
@@ -205,6 +226,9 @@ pub struct TargetSpec {
     pub tls: Option<TlsSpec>,
     #[serde(default)]
     pub defaults: Option<TargetDefaults>,
+    /// What audit records of this target's requests hold.
+    #[serde(default)]
+    pub audit: Option<TargetAudit>,
     /// For readers of the file; not used by the engine.
     #[serde(default)]
     #[allow(dead_code)]

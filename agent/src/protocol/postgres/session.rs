@@ -1,0 +1,1959 @@
+//! One PostgreSQL session through the agent: startup (TLS, cancel), upstream
+//! login with agent-held credentials (or the client's own exchange relayed),
+//! then every statement decided, forwarded or refused, and audited.
+//!
+//! Refusing a statement without breaking the session: the agent never forwards
+//! a refused statement. In its place it sends the server a statement that cannot
+//! parse (`PORTCULLIS DENIED`): the server fails it exactly as it fails any
+//! statement, so the transaction state (an implicit transaction rolled back, an
+//! explicit block marked failed), the skipping of pipelined messages up to Sync,
+//! and the ReadyForQuery the client sees all stay the server's own. The agent
+//! replaces that one error with its own (SQLSTATE 42501, naming the rule).
+//!
+//! The two directions run as two tasks sharing a queue of operations awaiting
+//! their responses (`Track::ops`): the client side pushes one per message sent
+//! upstream, the server side pops them as responses complete them, which is how
+//! each statement's rows, duration and SQLSTATE are known for its audit record.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::auth::{self, Scram};
+use super::cancel;
+use super::codec::{self, CodecError, Frame, Front, Startup};
+use super::stream::Stream;
+use crate::identity::Attribution;
+use crate::policy::spec::{ClientTls, UpstreamTls};
+use crate::policy::{
+    self, Action, CompiledPolicy, Decision, Outcome, StatementFacts, Subject, Target,
+};
+use crate::protocol::sql::{Analysis, SqlSession, StatementInfo, decide_message};
+use crate::recording::Recorder;
+use crate::state::Shared;
+
+/// The statement sent upstream in place of a refused one: it never parses.
+const DENIED_SQL: &str = "PORTCULLIS DENIED";
+/// Prepared-statement name used for that stand-in in the extended protocol (a
+/// failed Parse stores nothing under it).
+const DENIED_NAME: &str = "portcullis.denied";
+/// How a session error caused by the client's bytes begins.
+const CLIENT_VIOLATION: &str = "protocol violation from the client";
+/// How long a client has to finish its startup.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Result rows kept per statement for the session recording; later rows are
+/// counted only.
+const RECORDED_ROWS: usize = 1000;
+
+/// Everything the proxy knows about the session when it hands it over.
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub session_id: String,
+    pub target: Target,
+    pub dst: SocketAddr,
+    pub attribution: Attribution,
+    pub subject: Subject,
+    pub workloads: Vec<String>,
+    pub recorder: Option<Recorder>,
+}
+
+/// How the session went, for the connection's audit record.
+#[derive(Default)]
+pub struct Summary {
+    pub bytes_client_to_upstream: u64,
+    pub bytes_upstream_to_client: u64,
+    pub end: &'static str,
+    pub error: Option<String>,
+    pub upstream_user: Option<String>,
+    pub database: Option<String>,
+    pub client_tls: bool,
+    pub upstream_tls: bool,
+    pub statements: u64,
+    pub denied: u64,
+    /// The session's recorder, handed back for the proxy to finish.
+    pub recorder: Option<Recorder>,
+}
+
+/// A failure during startup: what the client is told (as a FATAL error) and
+/// what the audit record says.
+struct Fail {
+    sqlstate: &'static str,
+    client: String,
+    end: &'static str,
+    detail: String,
+}
+
+impl Fail {
+    fn new(sqlstate: &'static str, end: &'static str, msg: impl Into<String>) -> Self {
+        let m = msg.into();
+        Self {
+            sqlstate,
+            client: m.clone(),
+            end,
+            detail: m,
+        }
+    }
+    fn io(e: impl std::fmt::Display) -> Self {
+        let m = e.to_string();
+        Self {
+            sqlstate: "08006",
+            client: String::new(),
+            end: "error",
+            detail: m,
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Reads more bytes into `buf`; `Ok(false)` at EOF.
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    Ok(r.read_buf(buf).await? > 0)
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Reads one typed message (startup phase: with the session's maximum).
+async fn next_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Frame, Fail> {
+    loop {
+        match codec::try_frame(buf, max) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(Fail::new("08P01", "protocol_error", e.to_string())),
+        }
+        match fill(r, buf).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Fail::io("connection closed during startup")),
+            Err(e) => return Err(Fail::io(e)),
+        }
+    }
+}
+
+pub async fn serve(mut ctx: Ctx, client: TcpStream) -> Summary {
+    let mut sum = Summary {
+        end: "closed",
+        ..Default::default()
+    };
+    let _ = client.set_nodelay(true);
+    let started = tokio::time::timeout(STARTUP_TIMEOUT, startup(&mut ctx, client, &mut sum)).await;
+    let (client, upstream, keys) = match started {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return finish(ctx, sum),
+        Ok(Err((fail, client))) => {
+            if let Some(mut c) = client {
+                if !fail.client.is_empty() {
+                    let mut out = BytesMut::new();
+                    codec::error_response(&mut out, "FATAL", fail.sqlstate, &fail.client);
+                    let _ = send(&mut c, &mut out).await;
+                    let _ = c.shutdown().await;
+                }
+            }
+            sum.end = fail.end;
+            sum.error = Some(fail.detail);
+            return finish(ctx, sum);
+        }
+        Err(_) => {
+            sum.end = "startup_timeout";
+            sum.error = Some(format!(
+                "the client did not complete its startup within {} s",
+                STARTUP_TIMEOUT.as_secs()
+            ));
+            return finish(ctx, sum);
+        }
+    };
+    let res = relay(&mut ctx, client, upstream, &mut sum).await;
+    ctx.shared.pg.cancels.remove(keys.0, keys.1);
+    if let Err(e) = res {
+        if sum.end == "closed" {
+            sum.end = "error";
+        }
+        sum.error = Some(e);
+    }
+    finish(ctx, sum)
+}
+
+fn finish(mut ctx: Ctx, mut sum: Summary) -> Summary {
+    sum.recorder = ctx.recorder.take();
+    sum
+}
+
+type Started = (Stream, Stream, (i32, i32));
+
+/// Startup: TLS negotiation, cancel requests, upstream connection and login,
+/// until the server's first ReadyForQuery has been passed to the client.
+/// `Ok(None)`: the connection was a cancel request (handled).
+async fn startup(
+    ctx: &mut Ctx,
+    tcp: TcpStream,
+    sum: &mut Summary,
+) -> Result<Option<Started>, (Fail, Option<Stream>)> {
+    let pg = &ctx.shared.pg;
+    let tls_mode = ctx.target.tls.client;
+    let mut client = Stream::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(8192);
+    // The startup packet, after at most one TLS negotiation.
+    let params = loop {
+        let pkt = loop {
+            match codec::try_startup(&mut buf) {
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(e) => {
+                    return Err((
+                        Fail::new("08P01", "protocol_error", format!("startup packet: {e}")),
+                        Some(client),
+                    ));
+                }
+            }
+            match fill(&mut client, &mut buf).await {
+                Ok(true) => {}
+                Ok(false) => return Err((Fail::io("client closed before its startup"), None)),
+                Err(e) => return Err((Fail::io(e), None)),
+            }
+        };
+        match pkt {
+            Startup::Ssl if !client.is_tls() => {
+                let acceptor = match (&pg.tls_server, tls_mode) {
+                    (Some(cfg), ClientTls::Allow | ClientTls::Require) => Some(cfg.clone()),
+                    _ => None,
+                };
+                let Stream::Plain(tcp) = client else {
+                    return Err((Fail::io("TLS state"), None));
+                };
+                let mut tcp = tcp;
+                match acceptor {
+                    Some(cfg) => {
+                        if let Err(e) = tcp.write_all(b"S").await {
+                            return Err((Fail::io(e), None));
+                        }
+                        if !buf.is_empty() {
+                            // Bytes sent before the handshake would be outside TLS.
+                            return Err((
+                                Fail::new(
+                                    "08P01",
+                                    "protocol_error",
+                                    "data after SSLRequest before the TLS handshake",
+                                ),
+                                None,
+                            ));
+                        }
+                        match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                            Ok(s) => client = Stream::Server(Box::new(s)),
+                            Err(e) => {
+                                return Err((
+                                    Fail::new(
+                                        "08006",
+                                        "tls_error",
+                                        format!("TLS handshake with the client: {e}"),
+                                    ),
+                                    None,
+                                ));
+                            }
+                        }
+                        sum.client_tls = true;
+                    }
+                    None => {
+                        if let Err(e) = tcp.write_all(b"N").await {
+                            return Err((Fail::io(e), None));
+                        }
+                        client = Stream::Plain(tcp);
+                    }
+                }
+            }
+            Startup::GssEnc if !client.is_tls() => {
+                // Not offered: clients fall back to TLS or plain.
+                if let Err(e) = client.write_all(b"N").await {
+                    return Err((Fail::io(e), None));
+                }
+            }
+            Startup::Ssl | Startup::GssEnc => {
+                return Err((
+                    Fail::new("08P01", "protocol_error", "encryption requested twice"),
+                    Some(client),
+                ));
+            }
+            Startup::Cancel { pid, secret } => {
+                cancel(ctx, pid, secret, sum).await;
+                return Ok(None);
+            }
+            Startup::Params { version, params } => {
+                if version != codec::PROTOCOL_3_0 {
+                    // A newer minor version: answer with what we speak.
+                    let unknown: Vec<&str> = params
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("_pq_."))
+                        .map(|(k, _)| k.as_str())
+                        .collect();
+                    let mut out = BytesMut::new();
+                    negotiate_version(&mut out, &unknown);
+                    if let Err(e) = send(&mut client, &mut out).await {
+                        return Err((Fail::io(e), None));
+                    }
+                }
+                break params;
+            }
+        }
+    };
+    if tls_mode == ClientTls::Require && !client.is_tls() {
+        return Err((
+            Fail::new(
+                "28000",
+                "tls_required",
+                format!(
+                    "target {} requires TLS from clients (use sslmode=require or stronger)",
+                    ctx.target.name
+                ),
+            ),
+            Some(client),
+        ));
+    }
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(client_user) = get("user") else {
+        return Err((
+            Fail::new(
+                "28000",
+                "protocol_error",
+                "no user name in the startup packet",
+            ),
+            Some(client),
+        ));
+    };
+    if get("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+        return Err((
+            Fail::new(
+                "42501",
+                "refused",
+                "replication connections are not proxied by Portcullis",
+            ),
+            Some(client),
+        ));
+    }
+    let mut database = get("database").unwrap_or_else(|| client_user.clone());
+    let cred = match &ctx.target.credentials {
+        Some(name) => match crate::credentials::load(&ctx.shared.cfg.credentials_dir, name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(target = %ctx.target.name, error = %e, "credentials unusable");
+                return Err((
+                    Fail {
+                        sqlstate: "28000",
+                        client: format!(
+                            "Portcullis cannot use its credentials `{name}` for target {}; the operator must fix them (see the agent's log)",
+                            ctx.target.name
+                        ),
+                        end: "credentials_error",
+                        detail: e,
+                    },
+                    Some(client),
+                ));
+            }
+        },
+        None => None,
+    };
+    let upstream_user = cred
+        .as_ref()
+        .map_or(client_user.clone(), |c| c.user.clone());
+    if let Some(d) = cred.as_ref().and_then(|c| c.database.clone()) {
+        database = d;
+    }
+    sum.upstream_user = Some(upstream_user.clone());
+    sum.database = Some(database.clone());
+
+    // Upstream connection, with TLS when the target asks for it.
+    let tcp = match crate::proxy::dial(
+        ctx.dst,
+        ctx.shared.cfg.upstream_mark,
+        Duration::from_millis(ctx.shared.cfg.connect_timeout_ms),
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            return Err((
+                Fail {
+                    sqlstate: "08006",
+                    client: format!("Portcullis could not reach target {}: {e}", ctx.target.name),
+                    end: "upstream_unreachable",
+                    detail: e,
+                },
+                Some(client),
+            ));
+        }
+    };
+    let mut upstream = match upstream_tls(ctx, tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Err((
+                Fail {
+                    sqlstate: "08006",
+                    client: format!(
+                        "Portcullis could not open TLS to target {}: {e}",
+                        ctx.target.name
+                    ),
+                    end: "upstream_tls_error",
+                    detail: e,
+                },
+                Some(client),
+            ));
+        }
+    };
+    sum.upstream_tls = upstream.is_tls();
+    let mut up_params: Vec<(String, String)> = params
+        .into_iter()
+        .filter(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_."))
+        .collect();
+    up_params.insert(0, ("database".into(), database.clone()));
+    up_params.insert(0, ("user".into(), upstream_user.clone()));
+    let mut out = BytesMut::with_capacity(1024);
+    codec::startup(&mut out, codec::PROTOCOL_3_0, &up_params);
+    if let Err(e) = send(&mut upstream, &mut out).await {
+        return Err((Fail::io(e), Some(client)));
+    }
+    let max = ctx.shared.cfg.pg_max_message_bytes;
+    let mut ubuf = BytesMut::with_capacity(8192);
+    let mut scram: Option<Scram> = None;
+    // Authentication.
+    loop {
+        let f = match next_frame(&mut upstream, &mut ubuf, max).await {
+            Ok(f) => f,
+            Err(e) => return Err((e, Some(client))),
+        };
+        match f.tag {
+            b'R' => {
+                let (code, rest) = match codec::auth_request(&f.body) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        return Err((
+                            Fail::new("08P01", "protocol_error", format!("from the server: {e}")),
+                            Some(client),
+                        ));
+                    }
+                };
+                if code == 0 {
+                    if let Some(s) = &scram {
+                        // SCRAM must have ended with a verified server-final.
+                        if s.verified().is_err() {
+                            return Err((
+                                Fail::new(
+                                    "28000",
+                                    "upstream_auth_failed",
+                                    "the server skipped SCRAM's final proof",
+                                ),
+                                Some(client),
+                            ));
+                        }
+                    }
+                    codec::auth_ok(&mut out);
+                    if let Err(e) = send(&mut client, &mut out).await {
+                        return Err((Fail::io(e), None));
+                    }
+                    break;
+                }
+                match &cred {
+                    Some(c) => {
+                        let step = match code {
+                            3 => {
+                                codec::password(&mut out, &c.password);
+                                Ok(())
+                            }
+                            5 if rest.len() == 4 => {
+                                codec::password(
+                                    &mut out,
+                                    &auth::md5_password(&c.user, &c.password, rest),
+                                );
+                                Ok(())
+                            }
+                            10 => match codec::sasl_mechanisms(rest) {
+                                Ok(m) if m.iter().any(|x| x == auth::SCRAM_SHA_256) => {
+                                    match Scram::new(&c.password) {
+                                        Ok(s) => {
+                                            codec::sasl_initial(
+                                                &mut out,
+                                                auth::SCRAM_SHA_256,
+                                                &s.client_first(),
+                                            );
+                                            scram = Some(s);
+                                            Ok(())
+                                        }
+                                        Err(e) => Err(e),
+                                    }
+                                }
+                                Ok(m) => Err(format!(
+                                    "the server offers SASL mechanisms {m:?}; the agent speaks SCRAM-SHA-256"
+                                )),
+                                Err(e) => Err(e.to_string()),
+                            },
+                            11 => match scram.as_mut() {
+                                Some(s) => s
+                                    .client_final(rest)
+                                    .map(|d| codec::sasl_response(&mut out, &d)),
+                                None => Err("SASLContinue without SASL".into()),
+                            },
+                            12 => match scram.as_mut() {
+                                Some(s) => s.verify_server_final(rest),
+                                None => Err("SASLFinal without SASL".into()),
+                            },
+                            other => Err(format!(
+                                "the server asks for authentication method {other}, which the agent does not speak (it speaks SCRAM-SHA-256, md5 and password)"
+                            )),
+                        };
+                        if let Err(e) = step {
+                            return Err((
+                                Fail {
+                                    sqlstate: "28000",
+                                    client: format!(
+                                        "Portcullis could not log in to target {} as `{}`: {e}",
+                                        ctx.target.name, c.user
+                                    ),
+                                    end: "upstream_auth_failed",
+                                    detail: e,
+                                },
+                                Some(client),
+                            ));
+                        }
+                        if let Err(e) = send(&mut upstream, &mut out).await {
+                            return Err((Fail::io(e), Some(client)));
+                        }
+                    }
+                    None => {
+                        // The client's own exchange, relayed. Channel binding would bind
+                        // to the agent's TLS, not the server's: offer SCRAM without it.
+                        if code == 10 {
+                            let mechs = codec::sasl_mechanisms(rest).unwrap_or_default();
+                            let keep: Vec<&str> = mechs
+                                .iter()
+                                .map(String::as_str)
+                                .filter(|m| !m.ends_with("-PLUS"))
+                                .collect();
+                            codec::auth_sasl(&mut out, &keep);
+                        } else {
+                            f.encode(&mut out);
+                        }
+                        if let Err(e) = send(&mut client, &mut out).await {
+                            return Err((Fail::io(e), None));
+                        }
+                        if matches!(code, 3 | 5 | 10 | 11) {
+                            let reply = match next_frame(&mut client, &mut buf, max).await {
+                                Ok(r) => r,
+                                Err(e) => return Err((e, Some(client))),
+                            };
+                            if reply.tag != b'p' {
+                                return Err((
+                                    Fail::new(
+                                        "08P01",
+                                        "protocol_error",
+                                        "expected a password message from the client",
+                                    ),
+                                    Some(client),
+                                ));
+                            }
+                            reply.encode(&mut out);
+                            if let Err(e) = send(&mut upstream, &mut out).await {
+                                return Err((Fail::io(e), Some(client)));
+                            }
+                        }
+                    }
+                }
+            }
+            b'E' => {
+                let n = codec::parse_notice(&f.body);
+                let fail = match &cred {
+                    // Never pass on what the server said about the agent's credentials.
+                    Some(c) => Fail {
+                        sqlstate: if n.sqlstate.is_empty() {
+                            "28000"
+                        } else {
+                            "28P01"
+                        },
+                        client: format!(
+                            "target {} refused the agent's credentials `{}` (database user `{}`, SQLSTATE {}); the operator must fix them",
+                            ctx.target.name,
+                            ctx.target.credentials.as_deref().unwrap_or(""),
+                            c.user,
+                            n.sqlstate
+                        ),
+                        end: "upstream_auth_failed",
+                        detail: format!("{} {}: {}", n.severity, n.sqlstate, n.message),
+                    },
+                    None => {
+                        // The server's own answer to the client's own login.
+                        f.encode(&mut out);
+                        let _ = send(&mut client, &mut out).await;
+                        Fail {
+                            sqlstate: "28000",
+                            client: String::new(),
+                            end: "upstream_refused",
+                            detail: format!("{} {}: {}", n.severity, n.sqlstate, n.message),
+                        }
+                    }
+                };
+                return Err((fail, Some(client)));
+            }
+            b'v' | b'N' => {
+                f.encode(&mut out);
+                if let Err(e) = send(&mut client, &mut out).await {
+                    return Err((Fail::io(e), None));
+                }
+            }
+            t => {
+                return Err((
+                    Fail::new(
+                        "08P01",
+                        "protocol_error",
+                        format!(
+                            "unexpected message {:?} from the server during login",
+                            t as char
+                        ),
+                    ),
+                    Some(client),
+                ));
+            }
+        }
+    }
+    // Parameters, key data, first ReadyForQuery.
+    let mut keys = (0, 0);
+    loop {
+        let f = match next_frame(&mut upstream, &mut ubuf, max).await {
+            Ok(f) => f,
+            Err(e) => return Err((e, Some(client))),
+        };
+        match f.tag {
+            b'K' => {
+                let mut r = codec::Reader::new(&f.body);
+                let (Ok(pid), Ok(secret)) = (r.i32("BackendKeyData"), r.i32("BackendKeyData"))
+                else {
+                    return Err((
+                        Fail::new(
+                            "08P01",
+                            "protocol_error",
+                            "malformed BackendKeyData from the server",
+                        ),
+                        Some(client),
+                    ));
+                };
+                keys = ctx.shared.pg.cancels.register(cancel::Upstream {
+                    addr: ctx.dst,
+                    pid,
+                    secret,
+                    session_id: ctx.session_id.clone(),
+                    target: ctx.target.name.clone(),
+                });
+                codec::backend_key_data(&mut out, keys.0, keys.1);
+            }
+            b'Z' => {
+                f.encode(&mut out);
+                break;
+            }
+            b'E' => {
+                f.encode(&mut out);
+                let n = codec::parse_notice(&f.body);
+                let _ = send(&mut client, &mut out).await;
+                return Err((
+                    Fail {
+                        sqlstate: "08006",
+                        client: String::new(),
+                        end: "upstream_refused",
+                        detail: format!("{} {}: {}", n.severity, n.sqlstate, n.message),
+                    },
+                    Some(client),
+                ));
+            }
+            b'S' | b'N' => f.encode(&mut out),
+            t => {
+                return Err((
+                    Fail::new(
+                        "08P01",
+                        "protocol_error",
+                        format!(
+                            "unexpected message {:?} from the server after login",
+                            t as char
+                        ),
+                    ),
+                    Some(client),
+                ));
+            }
+        }
+    }
+    if !ubuf.is_empty() || !buf.is_empty() {
+        // Nothing may precede the first ReadyForQuery; keep what arrived anyway.
+        tracing::debug!("bytes pipelined during startup");
+    }
+    if let Err(e) = send(&mut client, &mut out).await {
+        return Err((Fail::io(e), None));
+    }
+    if let Some(r) = ctx.recorder.as_mut() {
+        r.event(
+            "login",
+            json!({"protocol": "postgres", "client_user": client_user, "upstream_user": upstream_user, "database": database, "client_tls": sum.client_tls, "upstream_tls": sum.upstream_tls, "credentials": ctx.target.credentials}),
+        );
+    }
+    // Startup bytes already read stay with their streams: the client cannot have
+    // pipelined queries before the first ReadyForQuery under protocol 3.0, and
+    // the server sends nothing until asked.
+    if !buf.is_empty() {
+        return Err((
+            Fail::new(
+                "08P01",
+                "protocol_error",
+                "client sent messages before the server was ready",
+            ),
+            Some(client),
+        ));
+    }
+    Ok(Some((client, upstream, keys)))
+}
+
+fn negotiate_version(out: &mut BytesMut, unknown: &[&str]) {
+    use bytes::BufMut;
+    let start = out.len();
+    out.put_u8(b'v');
+    out.put_i32(0);
+    out.put_i32(codec::PROTOCOL_3_0 & 0xffff);
+    out.put_i32(unknown.len() as i32);
+    for u in unknown {
+        out.put_slice(u.as_bytes());
+        out.put_u8(0);
+    }
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+async fn upstream_tls(ctx: &Ctx, mut tcp: TcpStream) -> Result<Stream, String> {
+    let t = &ctx.target.tls;
+    if t.upstream == UpstreamTls::Disable {
+        return Ok(Stream::Plain(tcp));
+    }
+    let cfg = ctx
+        .shared
+        .pg
+        .upstream_tls
+        .get(t.ca_file.as_deref(), t.upstream)?;
+    let mut out = BytesMut::new();
+    codec::ssl_request(&mut out);
+    tcp.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    tcp.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+    if b[0] != b'S' {
+        return Err("the server does not accept TLS".into());
+    }
+    let name = super::tls::server_name(t.server_name.as_deref(), ctx.dst.ip())?;
+    let s = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    Ok(Stream::Client(Box::new(s)))
+}
+
+/// A CancelRequest with keys the agent handed out: forwarded with the server's keys.
+async fn cancel(ctx: &Ctx, pid: i32, secret: i32, sum: &mut Summary) {
+    sum.end = "cancel";
+    let Some(up) = ctx.shared.pg.cancels.lookup(pid, secret) else {
+        sum.error = Some("cancel request with unknown keys (ignored, as the server does)".into());
+        return;
+    };
+    let mut out = BytesMut::new();
+    codec::cancel_request(&mut out, up.pid, up.secret);
+    match crate::proxy::dial(
+        up.addr,
+        ctx.shared.cfg.upstream_mark,
+        Duration::from_millis(ctx.shared.cfg.connect_timeout_ms),
+    )
+    .await
+    {
+        Ok(mut s) => {
+            if let Err(e) = s.write_all(&out).await {
+                sum.error = Some(format!("sending the cancel upstream: {e}"));
+            }
+            // The server closes the connection once it has read the request.
+            let mut b = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        }
+        Err(e) => sum.error = Some(format!("sending the cancel upstream: {e}")),
+    }
+    let _ = ctx.shared.audit.record(
+        "statement_cancel",
+        json!({
+            "session_id": ctx.session_id,
+            "cancelled_session_id": up.session_id,
+            "target": up.target,
+            "pid": ctx.attribution.pid,
+            "exe": ctx.attribution.exe,
+            "error": sum.error,
+        }),
+    );
+}
+
+// ---- the established session ---------------------------------------------------------------
+
+/// A statement as decided: what was sent, what the analysis found, what the
+/// policy said.
+struct Stmt {
+    text: Arc<str>,
+    info: Option<Arc<StatementInfo>>,
+    facts: Option<StatementFacts>,
+    parse_error: Option<String>,
+    decision: Decision,
+    policy_hash: Arc<str>,
+    protocol: &'static str,
+    name: Option<String>,
+}
+
+impl Stmt {
+    fn refused(&self) -> bool {
+        self.decision.outcome != Outcome::Allow
+    }
+}
+
+/// A statement running upstream.
+struct Running {
+    stmt: Arc<Stmt>,
+    started: Instant,
+    rows: u64,
+    columns: Vec<(String, i16)>,
+    formats: Vec<i16>,
+    kept: Vec<Value>,
+}
+
+impl Running {
+    fn new(stmt: Arc<Stmt>, formats: Vec<i16>) -> Self {
+        Self {
+            stmt,
+            started: Instant::now(),
+            rows: 0,
+            columns: Vec::new(),
+            formats,
+            kept: Vec::new(),
+        }
+    }
+}
+
+/// A named (or the unnamed) prepared statement of the extended protocol.
+struct Prepared {
+    text: Arc<str>,
+    analysis: Arc<Analysis>,
+}
+
+/// A portal: the statement it runs and its result formats.
+struct Portal {
+    prepared: Option<Arc<Prepared>>,
+    statement: String,
+    formats: Vec<i16>,
+}
+
+/// Messages sent upstream whose responses have not all arrived.
+enum Op {
+    /// A Query message: its statements in order; ends at ReadyForQuery.
+    Simple {
+        stmts: Vec<Arc<Stmt>>,
+        next: usize,
+        cur: Option<Running>,
+        /// Set when the whole message was refused and replaced.
+        refused: Option<Arc<Stmt>>,
+        failed: bool,
+    },
+    /// Parse; `refused`: replaced by the never-parsing stand-in.
+    Parse {
+        refused: Option<Arc<Stmt>>,
+        /// The statement name and what the agent knew under it before: put back
+        /// if the server fails or skips this Parse.
+        restore: Option<(String, Option<Arc<Prepared>>)>,
+    },
+    Bind,
+    Describe,
+    Close,
+    Execute {
+        run: Option<Running>,
+        refused: Option<Arc<Stmt>>,
+    },
+    Sync,
+    /// FunctionCall; ends at ReadyForQuery.
+    Function {
+        run: Option<Running>,
+        refused: Option<Arc<Stmt>>,
+        failed: bool,
+    },
+}
+
+struct Track {
+    ops: VecDeque<Op>,
+    sql: SqlSession,
+    prepared: HashMap<String, Arc<Prepared>>,
+    portals: HashMap<String, Portal>,
+    recorder: Option<Recorder>,
+    statements: u64,
+    denied: u64,
+}
+
+impl Track {
+    /// Puts back what a prepared-statement name meant before a Parse the server
+    /// did not carry out.
+    fn restore(&mut self, name: String, before: Option<Arc<Prepared>>) {
+        match before {
+            Some(p) => {
+                self.prepared.insert(name, p);
+            }
+            None => {
+                self.prepared.remove(&name);
+            }
+        }
+    }
+}
+
+struct Session<'a> {
+    ctx: &'a Ctx,
+    upstream_user: String,
+    database: String,
+    track: Mutex<Track>,
+    last_activity_ms: AtomicU64,
+    t0: Instant,
+}
+
+async fn relay(
+    ctx: &mut Ctx,
+    client: Stream,
+    upstream: Stream,
+    sum: &mut Summary,
+) -> Result<(), String> {
+    let recorder = ctx.recorder.take();
+    let sess = Session {
+        ctx: &*ctx,
+        upstream_user: sum.upstream_user.clone().unwrap_or_default(),
+        database: sum.database.clone().unwrap_or_default(),
+        track: Mutex::new(Track {
+            ops: VecDeque::new(),
+            sql: SqlSession::new(sum.upstream_user.as_deref().unwrap_or(""), None),
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            recorder,
+            statements: 0,
+            denied: 0,
+        }),
+        last_activity_ms: AtomicU64::new(0),
+        t0: Instant::now(),
+    };
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let up_bytes = AtomicU64::new(0);
+    let down_bytes = AtomicU64::new(0);
+    let idle = match sess.ctx.shared.cfg.idle_timeout_secs {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    };
+    let watchdog = async {
+        let Some(idle) = idle else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            tokio::time::sleep(idle / 4 + Duration::from_millis(1)).await;
+            let last = sess.last_activity_ms.load(Ordering::Relaxed);
+            if sess
+                .t0
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last))
+                >= idle
+            {
+                return;
+            }
+        }
+    };
+    let res: Result<(), String> = {
+        let a = sess.client_to_upstream(&mut cr, &mut uw, &up_bytes);
+        let b = sess.upstream_to_client(&mut ur, &mut cw, &down_bytes);
+        tokio::pin!(a, b, watchdog);
+        let mut a_done = false;
+        loop {
+            tokio::select! {
+                r = &mut a, if !a_done => match r {
+                    Ok(end) => {
+                        a_done = true;
+                        sum.end = end;
+                    }
+                    Err(e) => {
+                        sum.end = "error";
+                        break Err(e);
+                    }
+                },
+                r = &mut b => {
+                    if let Err(e) = r {
+                        if !a_done {
+                            sum.end = "error";
+                        }
+                        break Err(e);
+                    }
+                    if !a_done {
+                        sum.end = "upstream_closed";
+                    }
+                    break Ok(());
+                }
+                _ = &mut watchdog => {
+                    sum.end = "idle_timeout";
+                    break Ok(());
+                }
+            }
+        }
+    };
+    if let Err(e) = &res {
+        if e.starts_with(CLIENT_VIOLATION) {
+            // Bytes the codec does not understand end the session, and the
+            // client is told why.
+            sum.end = "protocol_error";
+            let mut out = BytesMut::new();
+            codec::error_response(
+                &mut out,
+                "FATAL",
+                "08P01",
+                &format!("Portcullis: {e}; the session is closed"),
+            );
+            let _ = send(&mut cw, &mut out).await;
+            let _ = cw.shutdown().await;
+        }
+    }
+    let t = sess.track.into_inner().unwrap_or_else(|p| p.into_inner());
+    sum.statements = t.statements;
+    sum.denied = t.denied;
+    sum.bytes_client_to_upstream = up_bytes.load(Ordering::Relaxed);
+    sum.bytes_upstream_to_client = down_bytes.load(Ordering::Relaxed);
+    // The recorder goes back to the context, which finishes it.
+    ctx.recorder = t.recorder;
+    res
+}
+
+/// Bytes of a result value for the recording: text as text, binary as hex.
+fn value_json(v: Option<&[u8]>, format: i16) -> Value {
+    match v {
+        None => Value::Null,
+        Some(b) if format == 0 => match std::str::from_utf8(b) {
+            Ok(s) => Value::String(s.to_string()),
+            Err(_) => Value::String(hex(b)),
+        },
+        Some(b) => Value::String(hex(b)),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + 2 * b.len());
+    s.push_str("\\x");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+fn format_of(formats: &[i16], i: usize) -> i16 {
+    match formats.len() {
+        0 => 0,
+        1 => formats[0],
+        _ => formats.get(i).copied().unwrap_or(0),
+    }
+}
+
+fn lock(m: &Mutex<Track>) -> std::sync::MutexGuard<'_, Track> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Session<'_> {
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Decides one statement with the policy in force now (a reload applies to
+    /// the next statement of open sessions too).
+    fn decide(&self, facts: Option<&StatementFacts>) -> (Decision, Arc<str>) {
+        let policy: Arc<CompiledPolicy> = self.ctx.shared.policy();
+        let hash: Arc<str> = Arc::from(policy.hash.as_str());
+        let Some(t) = policy.target_by_name(&self.ctx.target.name) else {
+            return (
+                Decision {
+                    outcome: Outcome::Deny,
+                    decided: policy::spec::Effect::Deny,
+                    rule: "no-target".into(),
+                    mode: policy::Mode::Enforce,
+                    workloads: Vec::new(),
+                },
+                hash,
+            );
+        };
+        let action = match facts {
+            Some(f) => Action::Statement(f),
+            None => Action::Unparseable,
+        };
+        let d = policy::evaluate(
+            &policy,
+            &policy::Request {
+                subject: &self.ctx.subject,
+                target: t.id,
+                action,
+                now_unix: now_unix(),
+            },
+        );
+        (d, hash)
+    }
+
+    /// Analyses and decides the statements of one text.
+    fn check(
+        &self,
+        t: &mut Track,
+        text: &str,
+        protocol: &'static str,
+        name: Option<&str>,
+    ) -> Vec<Arc<Stmt>> {
+        let analysis = self.ctx.shared.pg.analyzer.analyze(text);
+        self.check_analysis(t, text, &analysis, protocol, name)
+    }
+
+    fn check_analysis(
+        &self,
+        t: &mut Track,
+        text: &str,
+        analysis: &Arc<Analysis>,
+        protocol: &'static str,
+        name: Option<&str>,
+    ) -> Vec<Arc<Stmt>> {
+        let policy: Arc<CompiledPolicy> = self.ctx.shared.policy();
+        let policy_hash: Arc<str> = Arc::from(policy.hash.as_str());
+        let text: Arc<str> = Arc::from(text);
+        let name = name.map(str::to_string);
+        let Some(target) = policy.target_by_name(&self.ctx.target.name) else {
+            // The target left the policy while the session was open.
+            return vec![Arc::new(Stmt {
+                text,
+                info: None,
+                facts: None,
+                parse_error: None,
+                decision: Decision {
+                    outcome: Outcome::Deny,
+                    decided: policy::spec::Effect::Deny,
+                    rule: "no-target".into(),
+                    mode: policy::Mode::Enforce,
+                    workloads: Vec::new(),
+                },
+                policy_hash,
+                protocol,
+                name,
+            })];
+        };
+        let md = decide_message(
+            &policy,
+            &self.ctx.subject,
+            target.id,
+            now_unix(),
+            &t.sql,
+            analysis,
+        );
+        md.statements
+            .into_iter()
+            .enumerate()
+            .map(|(i, sd)| {
+                Arc::new(Stmt {
+                    text: text.clone(),
+                    info: analysis.statements.get(i).cloned().map(Arc::new),
+                    facts: sd.facts,
+                    parse_error: sd.error,
+                    decision: sd.decision,
+                    policy_hash: policy_hash.clone(),
+                    protocol,
+                    name: name.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The message a client gets for a refused statement.
+    fn refusal(&self, s: &Stmt) -> String {
+        let rule = &s.decision.rule;
+        match (s.decision.outcome, rule.as_str()) {
+            (Outcome::Hold, _) => format!(
+                "Portcullis: this statement requires approval under rule `{rule}` (target {}); approvals cannot be granted on this agent yet, so it is refused",
+                self.ctx.target.name
+            ),
+            (_, "unparseable") => format!(
+                "Portcullis: statement refused: it could not be parsed ({}), and target {} refuses what cannot be checked",
+                s.parse_error.as_deref().unwrap_or("parse error"),
+                self.ctx.target.name
+            ),
+            (_, "unknown-prepared-statement") => format!(
+                "Portcullis: statement refused: {}",
+                s.parse_error
+                    .as_deref()
+                    .unwrap_or("unknown prepared statement")
+            ),
+            _ => format!(
+                "Portcullis: statement refused by rule `{rule}` (target {})",
+                self.ctx.target.name
+            ),
+        }
+    }
+
+    /// One audit record per statement.
+    fn audit(
+        &self,
+        s: &Stmt,
+        outcome: &str,
+        rows: Option<u64>,
+        duration: Option<Duration>,
+        err: Option<&codec::Notice>,
+    ) {
+        let a = &self.ctx.attribution;
+        let mut m = Map::new();
+        m.insert("session_id".into(), self.ctx.session_id.clone().into());
+        m.insert("target".into(), self.ctx.target.name.clone().into());
+        m.insert("protocol".into(), "postgres".into());
+        m.insert(
+            "attribution".into(),
+            json!({"pid": a.pid, "uid": a.uid, "user": a.user, "exe": a.exe, "unit": a.unit, "cgroup": a.cgroup, "comm": a.comm}),
+        );
+        m.insert("workloads".into(), json!(self.ctx.workloads));
+        m.insert("upstream_user".into(), self.upstream_user.clone().into());
+        m.insert("database".into(), self.database.clone().into());
+        let fingerprint_only =
+            self.ctx.target.statement_text == policy::spec::StatementText::Fingerprint;
+        let fp = s.info.as_ref().map(|i| i.fingerprint.clone());
+        if fingerprint_only {
+            m.insert(
+                "statement".into(),
+                fp.clone().map_or(Value::Null, Value::String),
+            );
+        } else {
+            m.insert("statement".into(), s.text.to_string().into());
+        }
+        m.insert("fingerprint".into(), fp.map_or(Value::Null, Value::String));
+        m.insert("message".into(), s.protocol.into());
+        if let Some(n) = &s.name {
+            m.insert("prepared_name".into(), n.clone().into());
+        }
+        if let Some(f) = &s.facts {
+            if let Ok(Value::Object(fm)) = serde_json::to_value(f) {
+                m.extend(fm);
+            }
+        }
+        if let Some(i) = &s.info {
+            if !i.dangerous.is_empty() {
+                m.insert("dangerous".into(), json!(i.dangerous));
+            }
+        }
+        if let Some(e) = &s.parse_error {
+            m.insert("parse_error".into(), e.clone().into());
+        }
+        m.insert("decision".into(), s.decision.label().into());
+        m.insert("rule".into(), s.decision.rule.clone().into());
+        m.insert("mode".into(), json!(s.decision.mode));
+        m.insert("policy_hash".into(), s.policy_hash.to_string().into());
+        m.insert("outcome".into(), outcome.into());
+        if let Some(r) = rows {
+            m.insert("rows".into(), r.into());
+        }
+        if let Some(d) = duration {
+            m.insert("duration_us".into(), (d.as_micros() as u64).into());
+        }
+        if let Some(e) = err {
+            m.insert("sqlstate".into(), e.sqlstate.clone().into());
+            m.insert("error".into(), e.message.clone().into());
+        }
+        if let Err(e) = self.ctx.shared.audit.record("statement", Value::Object(m)) {
+            tracing::error!(error = %e, session = %self.ctx.session_id, "statement audit record lost");
+        }
+    }
+
+    fn record_request(&self, t: &mut Track, s: &Stmt) {
+        if let Some(r) = t.recorder.as_mut() {
+            r.event(
+                "request",
+                json!({
+                    "protocol": "postgres",
+                    "message": s.protocol,
+                    "text": &*s.text,
+                    "kinds": s.facts.as_ref().map(|f| json!(f.kinds)),
+                    "decision": s.decision.label(),
+                    "rule": s.decision.rule,
+                }),
+            );
+        }
+    }
+
+    /// A statement's result, recorded and audited.
+    fn complete(
+        &self,
+        t: &mut Track,
+        run: Running,
+        tag: Option<&str>,
+        rows: Option<u64>,
+        err: Option<&codec::Notice>,
+    ) {
+        let rows = rows.or(Some(run.rows));
+        if err.is_none() {
+            if let Some(i) = &run.stmt.info {
+                t.sql.completed(i);
+            }
+        }
+        if let Some(r) = t.recorder.as_mut() {
+            match err {
+                Some(e) => r.event(
+                    "error",
+                    json!({"severity": e.severity, "sqlstate": e.sqlstate, "message": e.message}),
+                ),
+                None => r.event(
+                    "response",
+                    json!({
+                        "columns": run.columns.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                        "rows": run.kept,
+                        "tag": tag,
+                        "rows_total": run.rows,
+                        "rows_omitted": run.rows.saturating_sub(run.kept.len() as u64),
+                    }),
+                ),
+            }
+        }
+        let outcome = if err.is_some() { "error" } else { "ok" };
+        self.audit(&run.stmt, outcome, rows, Some(run.started.elapsed()), err);
+    }
+
+    // ---- client → server --------------------------------------------------------------
+
+    async fn client_to_upstream<R, W>(
+        &self,
+        r: &mut R,
+        w: &mut W,
+        bytes: &AtomicU64,
+    ) -> Result<&'static str, String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.ctx.shared.cfg.pg_max_message_bytes;
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let mut ended = None;
+            loop {
+                let f = match codec::try_frame(&mut buf, max) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        send(w, &mut out)
+                            .await
+                            .map_err(|e| format!("write to server: {e}"))?;
+                        return Err(self.protocol_violation(e).await);
+                    }
+                };
+                match self.on_client_frame(&f, &mut out) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        ended = Some("terminated");
+                        break;
+                    }
+                    Err(e) => {
+                        send(w, &mut out)
+                            .await
+                            .map_err(|e| format!("write to server: {e}"))?;
+                        return Err(self.protocol_violation(e).await);
+                    }
+                }
+            }
+            bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+            send(w, &mut out)
+                .await
+                .map_err(|e| format!("write to server: {e}"))?;
+            if let Some(end) = ended {
+                let _ = w.shutdown().await;
+                return Ok(end);
+            }
+            match fill(r, &mut buf).await {
+                Ok(true) => self.touch(),
+                Ok(false) => {
+                    let _ = w.shutdown().await;
+                    return Ok("closed");
+                }
+                Err(e) => return Err(format!("read from client: {e}")),
+            }
+        }
+    }
+
+    /// Bytes the codec does not understand end the session: the recording and
+    /// the connection record say why, and `relay` tells the client (its writer
+    /// belongs to the other direction).
+    async fn protocol_violation(&self, e: CodecError) -> String {
+        let msg = format!("{CLIENT_VIOLATION}: {e}");
+        if let Some(r) = lock(&self.track).recorder.as_mut() {
+            r.event(
+                "error",
+                json!({"severity": "FATAL", "sqlstate": "08P01", "message": msg}),
+            );
+        }
+        msg
+    }
+
+    /// Handles one client message; `Ok(false)` after Terminate.
+    fn on_client_frame(&self, f: &Frame, out: &mut BytesMut) -> Result<bool, CodecError> {
+        let msg = codec::front(f)?;
+        let mut t = lock(&self.track);
+        match msg {
+            Front::Query(text) => {
+                let stmts = self.check(&mut t, text, "simple", None);
+                let refused = stmts.iter().find(|s| s.refused()).cloned();
+                t.statements += stmts.len() as u64;
+                for s in &stmts {
+                    self.record_request(&mut t, s);
+                }
+                match refused {
+                    Some(first) => {
+                        t.denied += 1;
+                        for s in &stmts {
+                            let outcome = if Arc::ptr_eq(s, &first) {
+                                "refused"
+                            } else {
+                                "not_executed"
+                            };
+                            self.audit(s, outcome, None, None, None);
+                        }
+                        codec::query(out, DENIED_SQL);
+                        t.ops.push_back(Op::Simple {
+                            stmts: Vec::new(),
+                            next: 0,
+                            cur: None,
+                            refused: Some(first),
+                            failed: false,
+                        });
+                    }
+                    None => {
+                        f.encode(out);
+                        t.ops.push_back(Op::Simple {
+                            stmts,
+                            next: 0,
+                            cur: None,
+                            refused: None,
+                            failed: false,
+                        });
+                    }
+                }
+            }
+            Front::Parse { name, query } => {
+                let analysis = self.ctx.shared.pg.analyzer.analyze(query);
+                let stmts = self.check_analysis(&mut t, query, &analysis, "parse", Some(name));
+                let refused = stmts.iter().find(|s| s.refused()).cloned();
+                match refused {
+                    Some(s) => {
+                        t.denied += 1;
+                        t.statements += 1;
+                        self.record_request(&mut t, &s);
+                        self.audit(&s, "refused", None, None, None);
+                        codec::parse(out, DENIED_NAME, DENIED_SQL);
+                        t.ops.push_back(Op::Parse {
+                            refused: Some(s),
+                            restore: None,
+                        });
+                    }
+                    None => {
+                        let before = t.prepared.insert(
+                            name.to_string(),
+                            Arc::new(Prepared {
+                                text: Arc::from(query),
+                                analysis,
+                            }),
+                        );
+                        f.encode(out);
+                        t.ops.push_back(Op::Parse {
+                            refused: None,
+                            restore: Some((name.to_string(), before)),
+                        });
+                    }
+                }
+            }
+            Front::Bind {
+                portal,
+                statement,
+                result_formats,
+            } => {
+                let prepared = t.prepared.get(statement).cloned();
+                t.portals.insert(
+                    portal.to_string(),
+                    Portal {
+                        prepared,
+                        statement: statement.to_string(),
+                        formats: result_formats,
+                    },
+                );
+                f.encode(out);
+                t.ops.push_back(Op::Bind);
+            }
+            Front::Execute { portal, .. } => {
+                // Enforced here, with the policy in force now: the statement was
+                // classified at Parse.
+                let p = t
+                    .portals
+                    .get(portal)
+                    .map(|p| (p.prepared.clone(), p.statement.clone(), p.formats.clone()));
+                match p {
+                    Some((Some(prep), name, formats)) => {
+                        let stmts = self.check_analysis(
+                            &mut t,
+                            &prep.text.clone(),
+                            &prep.analysis.clone(),
+                            "extended",
+                            Some(&name),
+                        );
+                        t.statements += 1;
+                        let refused = stmts.iter().find(|s| s.refused()).cloned();
+                        let Some(first) = stmts.first().cloned() else {
+                            // An empty statement: the server answers EmptyQueryResponse.
+                            f.encode(out);
+                            t.ops.push_back(Op::Execute {
+                                run: None,
+                                refused: None,
+                            });
+                            return Ok(true);
+                        };
+                        self.record_request(&mut t, &first);
+                        match refused {
+                            Some(s) => {
+                                t.denied += 1;
+                                self.audit(&s, "refused", None, None, None);
+                                codec::parse(out, DENIED_NAME, DENIED_SQL);
+                                t.ops.push_back(Op::Execute {
+                                    run: None,
+                                    refused: Some(s),
+                                });
+                            }
+                            None => {
+                                f.encode(out);
+                                t.ops.push_back(Op::Execute {
+                                    run: Some(Running::new(first, formats)),
+                                    refused: None,
+                                });
+                            }
+                        }
+                    }
+                    _ => {
+                        // A portal the agent did not see bound (or of a refused
+                        // statement): the server reports it does not exist.
+                        f.encode(out);
+                        t.ops.push_back(Op::Execute {
+                            run: None,
+                            refused: None,
+                        });
+                    }
+                }
+            }
+            Front::Describe { .. } => {
+                f.encode(out);
+                t.ops.push_back(Op::Describe);
+            }
+            Front::Close { kind, name } => {
+                if kind == b'S' {
+                    t.prepared.remove(name);
+                } else {
+                    t.portals.remove(name);
+                }
+                f.encode(out);
+                t.ops.push_back(Op::Close);
+            }
+            Front::Sync => {
+                // The unnamed portal does not outlive the transaction; forgetting
+                // it here is harmless (a later Execute of it is forwarded as is).
+                f.encode(out);
+                t.ops.push_back(Op::Sync);
+            }
+            Front::Flush | Front::CopyData | Front::CopyDone | Front::CopyFail => f.encode(out),
+            Front::Terminate => {
+                f.encode(out);
+                return Ok(false);
+            }
+            Front::FunctionCall { oid } => {
+                let facts = StatementFacts {
+                    kinds: vec![policy::spec::StatementKind::Call],
+                    functions: vec![format!("oid:{oid}")],
+                    ..Default::default()
+                };
+                let (decision, policy_hash) = self.decide(Some(&facts));
+                let s = Arc::new(Stmt {
+                    text: Arc::from(format!("-- FunctionCall oid {oid}")),
+                    info: None,
+                    facts: Some(facts),
+                    parse_error: None,
+                    decision,
+                    policy_hash,
+                    protocol: "function_call",
+                    name: None,
+                });
+                t.statements += 1;
+                self.record_request(&mut t, &s);
+                if s.refused() {
+                    t.denied += 1;
+                    self.audit(&s, "refused", None, None, None);
+                    codec::query(out, DENIED_SQL);
+                    t.ops.push_back(Op::Function {
+                        run: None,
+                        refused: Some(s),
+                        failed: false,
+                    });
+                } else {
+                    f.encode(out);
+                    t.ops.push_back(Op::Function {
+                        run: Some(Running::new(s, vec![1])),
+                        refused: None,
+                        failed: false,
+                    });
+                }
+            }
+            Front::Password => {
+                return Err(CodecError::Malformed {
+                    what: "password",
+                    why: "a password message after login",
+                });
+            }
+        }
+        Ok(true)
+    }
+
+    // ---- server → client --------------------------------------------------------------
+
+    async fn upstream_to_client<R, W>(
+        &self,
+        r: &mut R,
+        w: &mut W,
+        bytes: &AtomicU64,
+    ) -> Result<(), String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.ctx.shared.cfg.pg_max_message_bytes;
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        loop {
+            loop {
+                let f = match codec::try_frame(&mut buf, max) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        codec::error_response(
+                            &mut out,
+                            "FATAL",
+                            "08P01",
+                            &format!(
+                                "Portcullis: the server sent bytes the agent does not understand ({e}); the session is closed"
+                            ),
+                        );
+                        let _ = send(w, &mut out).await;
+                        return Err(format!("protocol violation from the server: {e}"));
+                    }
+                };
+                self.on_server_frame(f, &mut out)?;
+                if out.len() >= 64 * 1024 {
+                    bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+                    send(w, &mut out)
+                        .await
+                        .map_err(|e| format!("write to client: {e}"))?;
+                }
+            }
+            bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+            send(w, &mut out)
+                .await
+                .map_err(|e| format!("write to client: {e}"))?;
+            match fill(r, &mut buf).await {
+                Ok(true) => self.touch(),
+                Ok(false) => {
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("read from server: {e}")),
+            }
+        }
+    }
+
+    fn on_server_frame(&self, f: Frame, out: &mut BytesMut) -> Result<(), String> {
+        let mut t = lock(&self.track);
+        let t = &mut *t;
+        match f.tag {
+            b'D' => {
+                let keep = t.recorder.is_some();
+                match t.ops.front_mut() {
+                    Some(Op::Simple { cur: Some(run), .. })
+                    | Some(Op::Execute { run: Some(run), .. }) => {
+                        run.rows += 1;
+                        if keep && run.kept.len() < RECORDED_ROWS {
+                            if let Ok(vals) = codec::data_row(&f.body) {
+                                let row: Vec<Value> = vals
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, v)| {
+                                        let fmt = if run.columns.is_empty() {
+                                            format_of(&run.formats, i)
+                                        } else {
+                                            run.columns
+                                                .get(i)
+                                                .map(|c| c.1)
+                                                .unwrap_or(0)
+                                                .max(format_of(&run.formats, i))
+                                        };
+                                        value_json(*v, fmt)
+                                    })
+                                    .collect();
+                                run.kept.push(Value::Array(row));
+                            }
+                        }
+                    }
+                    Some(Op::Simple {
+                        cur: cur @ None,
+                        stmts,
+                        next,
+                        ..
+                    }) => {
+                        // Rows without a RowDescription first (not expected).
+                        if let Some(s) = stmts.get(*next) {
+                            let mut run = Running::new(s.clone(), Vec::new());
+                            run.rows = 1;
+                            *cur = Some(run);
+                        }
+                    }
+                    _ => {}
+                }
+                f.encode(out);
+            }
+            b'T' => {
+                match t.ops.front_mut() {
+                    Some(Op::Describe) => {
+                        t.ops.pop_front();
+                    }
+                    Some(Op::Simple {
+                        cur, stmts, next, ..
+                    }) => {
+                        if cur.is_none() {
+                            if let Some(s) = stmts.get(*next) {
+                                *cur = Some(Running::new(s.clone(), Vec::new()));
+                            }
+                        }
+                        if let Some(run) = cur {
+                            run.columns = codec::row_description(&f.body).unwrap_or_default();
+                        }
+                    }
+                    Some(Op::Execute { run: Some(run), .. }) => {
+                        run.columns = codec::row_description(&f.body).unwrap_or_default();
+                    }
+                    _ => {}
+                }
+                f.encode(out);
+            }
+            b'C' | b'I' | b's' => {
+                let (tag, rows) = if f.tag == b'C' {
+                    let (tag, rows) = codec::command_tag(&f.body);
+                    (Some(tag.to_string()), rows)
+                } else {
+                    (None, None)
+                };
+                match t.ops.front_mut() {
+                    Some(Op::Simple {
+                        cur, stmts, next, ..
+                    }) => {
+                        let run = cur.take().or_else(|| {
+                            stmts
+                                .get(*next)
+                                .map(|s| Running::new(s.clone(), Vec::new()))
+                        });
+                        *next += 1;
+                        if let Some(run) = run {
+                            self.complete(t, run, tag.as_deref(), rows, None);
+                        }
+                    }
+                    Some(Op::Execute { .. }) => {
+                        if let Some(Op::Execute { run: Some(run), .. }) = t.ops.pop_front() {
+                            self.complete(t, run, tag.as_deref(), rows, None);
+                        }
+                    }
+                    _ => {}
+                }
+                f.encode(out);
+            }
+            b'E' => {
+                let n = codec::parse_notice(&f.body);
+                let mut replaced = false;
+                match t.ops.front_mut() {
+                    Some(Op::Simple {
+                        refused: Some(s),
+                        failed,
+                        ..
+                    })
+                    | Some(Op::Function {
+                        refused: Some(s),
+                        failed,
+                        ..
+                    }) => {
+                        let msg = self.refusal(s);
+                        codec::error_response(out, "ERROR", "42501", &msg);
+                        if let Some(r) = t.recorder.as_mut() {
+                            r.event(
+                                "error",
+                                json!({"severity": "ERROR", "sqlstate": "42501", "message": msg}),
+                            );
+                        }
+                        *failed = true;
+                        replaced = true;
+                    }
+                    Some(Op::Simple {
+                        cur,
+                        stmts,
+                        next,
+                        failed,
+                        ..
+                    }) => {
+                        let run = cur.take().or_else(|| {
+                            stmts
+                                .get(*next)
+                                .map(|s| Running::new(s.clone(), Vec::new()))
+                        });
+                        let rest: Vec<Arc<Stmt>> = stmts.iter().skip(*next + 1).cloned().collect();
+                        *next = stmts.len();
+                        *failed = true;
+                        if let Some(run) = run {
+                            self.complete(t, run, None, None, Some(&n));
+                        }
+                        for s in rest {
+                            self.audit(&s, "not_executed", None, None, None);
+                        }
+                    }
+                    Some(Op::Function { run, failed, .. }) => {
+                        *failed = true;
+                        if let Some(run) = run.take() {
+                            self.complete(t, run, None, None, Some(&n));
+                        }
+                    }
+                    Some(_) => {
+                        // Extended protocol: the failing message, then everything up
+                        // to Sync is skipped by the server.
+                        let first = t.ops.pop_front();
+                        match first {
+                            Some(Op::Parse {
+                                refused: Some(s), ..
+                            })
+                            | Some(Op::Execute {
+                                refused: Some(s), ..
+                            }) => {
+                                let msg = self.refusal(&s);
+                                codec::error_response(out, "ERROR", "42501", &msg);
+                                if let Some(r) = t.recorder.as_mut() {
+                                    r.event("error", json!({"severity": "ERROR", "sqlstate": "42501", "message": msg}));
+                                }
+                                replaced = true;
+                            }
+                            Some(Op::Execute { run: Some(run), .. }) => {
+                                self.complete(t, run, None, None, Some(&n))
+                            }
+                            Some(Op::Parse {
+                                restore: Some((name, before)),
+                                ..
+                            }) => t.restore(name, before),
+                            _ => {}
+                        }
+                        while let Some(op) = t.ops.front() {
+                            if matches!(op, Op::Sync) {
+                                break;
+                            }
+                            if let Some(Op::Parse {
+                                restore: Some((name, before)),
+                                ..
+                            }) = t.ops.pop_front()
+                            {
+                                t.restore(name, before);
+                            }
+                        }
+                    }
+                    None => {
+                        // An error outside any request: FATAL from the server (shutdown,
+                        // terminated backend). Passed on.
+                        if let Some(r) = t.recorder.as_mut() {
+                            r.event("error", json!({"severity": n.severity, "sqlstate": n.sqlstate, "message": n.message}));
+                        }
+                    }
+                }
+                if !replaced {
+                    f.encode(out);
+                }
+            }
+            b'Z' => {
+                match t.ops.pop_front() {
+                    Some(Op::Simple {
+                        stmts, next, cur, ..
+                    }) => {
+                        if let Some(run) = cur {
+                            self.complete(t, run, None, None, None);
+                        }
+                        for s in stmts.iter().skip(next) {
+                            // Statements the server never reported on.
+                            self.audit(s, "not_executed", None, None, None);
+                        }
+                    }
+                    Some(Op::Function {
+                        run: Some(run),
+                        failed: false,
+                        ..
+                    }) => self.complete(t, run, None, None, None),
+                    _ => {}
+                }
+                f.encode(out);
+            }
+            b'1' | b'2' | b'3' | b'n' => {
+                if matches!(
+                    t.ops.front(),
+                    Some(Op::Parse { .. } | Op::Bind | Op::Close | Op::Describe)
+                ) {
+                    t.ops.pop_front();
+                }
+                f.encode(out);
+            }
+            b'N' => {
+                if let Some(r) = t.recorder.as_mut() {
+                    let n = codec::parse_notice(&f.body);
+                    r.event("notice", json!({"severity": n.severity, "sqlstate": n.sqlstate, "message": n.message}));
+                }
+                f.encode(out);
+            }
+            b'G' | b'H' | b'W' => {
+                if let Some(r) = t.recorder.as_mut() {
+                    r.event(
+                        "copy",
+                        json!({"direction": if f.tag == b'G' { "in" } else { "out" }}),
+                    );
+                }
+                f.encode(out);
+            }
+            b'V' => {
+                if let Some(Op::Function { run: Some(run), .. }) = t.ops.front_mut() {
+                    run.rows = 1;
+                }
+                f.encode(out);
+            }
+            b't' | b'd' | b'c' | b'A' | b'S' | b'K' => f.encode(out),
+            other => {
+                return Err(format!(
+                    "protocol violation from the server: unexpected message {:?}",
+                    other as char
+                ));
+            }
+        }
+        Ok(())
+    }
+}
