@@ -114,6 +114,9 @@ pub struct AgentConfig {
     /// SIGHUP and `portcullis policy reload`). A change is loaded once the files
     /// have stayed the same for one more interval.
     pub policy_watch_secs: u64,
+    /// SIEM export sinks (syslog RFC 5424, HTTP batches; native JSON or OCSF);
+    /// none by default. See docs/operations.md and `audit::export::config`.
+    pub exports: Vec<crate::audit::export::ExportSink>,
 }
 
 impl Default for AgentConfig {
@@ -140,6 +143,7 @@ impl Default for AgentConfig {
             audit_retain_bytes: 0,
             audit_min_free_bytes: 1 << 20,
             policy_watch_secs: 2,
+            exports: Vec::new(),
         }
     }
 }
@@ -237,6 +241,15 @@ impl AgentConfig {
                 "must be 0 (no limit) or at least audit_rotate_bytes: a smaller limit would \
                  remove every segment as soon as it is rotated",
             ));
+        }
+        if let Err((setting, value, reason)) = crate::audit::export::config::validate(&self.exports)
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                setting,
+                value,
+                reason,
+            });
         }
         if !self.bpffs_dir.is_absolute() {
             return Err(invalid(
