@@ -138,7 +138,9 @@ fn status(shared: &Shared) -> Value {
             "written": shared.audit.written(),
             "queued": shared.audit.queued(),
             "dropped": shared.audit.dropped(),
+            "head_seq": shared.audit.head_seq(),
         },
+        "exports": shared.exports.status(),
     })
 }
 

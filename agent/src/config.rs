@@ -136,6 +136,9 @@ pub struct AgentConfig {
     pub pg_max_message_bytes: usize,
     /// Distinct statement texts whose SQL analysis is kept (parse cache).
     pub sql_parse_cache: usize,
+    /// SIEM export sinks (syslog RFC 5424, HTTP batches; native JSON or OCSF);
+    /// none by default. See docs/operations.md and `audit::export::config`.
+    pub exports: Vec<crate::audit::export::ExportSink>,
 }
 
 impl Default for AgentConfig {
@@ -171,6 +174,7 @@ impl Default for AgentConfig {
             tls_key_file: None,
             pg_max_message_bytes: 64 << 20,
             sql_parse_cache: 4096,
+            exports: Vec::new(),
         }
     }
 }
@@ -296,6 +300,15 @@ impl AgentConfig {
                 "one of them".into(),
                 "give both the certificate and its private key, or neither",
             ));
+        }
+        if let Err((setting, value, reason)) = crate::audit::export::config::validate(&self.exports)
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                setting,
+                value,
+                reason,
+            });
         }
         if !self.bpffs_dir.is_absolute() {
             return Err(invalid(

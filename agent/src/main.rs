@@ -97,6 +97,9 @@ enum AuditCommand {
         #[arg(default_value = "/var/lib/portcullis/audit")]
         path: PathBuf,
     },
+    /// Print records in seq order (filtered by time and type) as JSON lines or
+    /// OCSF events, e.g. to load into a SIEM by hand.
+    Export(audit::export::cli::ExportArgs),
     /// Append throughput of the audit writer (for `cargo xtask bench audit`).
     #[command(hide = true)]
     Bench(audit::bench::BenchArgs),
@@ -361,6 +364,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify { pubkey, path },
         } => audit::verify::cli_verify(&path, pubkey.as_deref()),
         Command::Audit {
+            command: AuditCommand::Export(args),
+        } => audit::export::cli::run(&args),
+        Command::Audit {
             command: AuditCommand::Bench(args),
         } => audit::bench::run(&args),
         Command::Sessions { command } => recording::cli::sessions(command),
@@ -491,6 +497,26 @@ fn print_status(v: &Value) {
         a["written"],
         a["queued"]
     );
+    for e in v["exports"].as_array().into_iter().flatten() {
+        println!(
+            "export:    {} ({} -> {}) exported={} head={} lag={} records/{:.1}s{}{}",
+            e["name"].as_str().unwrap_or("?"),
+            e["format"].as_str().unwrap_or("?"),
+            e["destination"].as_str().unwrap_or("?"),
+            e["exported_seq"],
+            e["head_seq"],
+            e["lag_records"],
+            e["lag_secs"].as_f64().unwrap_or(0.0),
+            match e["last_error"].as_str() {
+                Some(err) if e["failing"].as_bool() == Some(true) => format!(" FAILING: {err}"),
+                _ => String::new(),
+            },
+            match e["gap_records"].as_u64() {
+                Some(n) if n > 0 => format!(" GAP: {n} records lost to retention"),
+                _ => String::new(),
+            },
+        );
+    }
 }
 
 fn print_flows(v: &Value) {

@@ -131,6 +131,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
     let pg = crate::protocol::postgres::Global::new(&cfg)
         .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
     let audit = AuditLog::open_config(&cfg)?;
+    let exports = crate::audit::export::Exports::start(&cfg.exports, &cfg.state_dir, &audit)?;
     let (root, cgroup) = resolve_cgroup(&cfg)?;
     let listeners = proxy::bind(cfg.listen_v4, cfg.listen_v6, cfg.listen_port)
         .with_context(|| format!("binding the agent listener on port {}", cfg.listen_port))?;
@@ -165,6 +166,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
         enforcement,
         policy,
         audit,
+        exports,
         CgroupResolver::new(root),
         pg,
     ));

@@ -30,6 +30,8 @@ pub struct Shared {
     pub enforcement: Mutex<Enforcement>,
     policy: RwLock<Arc<CompiledPolicy>>,
     pub audit: AuditLog,
+    /// SIEM export sinks (their status; they run on threads of their own).
+    pub exports: crate::audit::export::Exports,
     pub cgroups: CgroupResolver,
     pub exe_hasher: crate::identity::ExeHasher,
     pub flows: Mutex<Flows>,
@@ -48,6 +50,7 @@ impl Shared {
         enforcement: Enforcement,
         policy: CompiledPolicy,
         audit: AuditLog,
+        exports: crate::audit::export::Exports,
         cgroups: CgroupResolver,
         pg: crate::protocol::postgres::Global,
     ) -> Self {
@@ -57,6 +60,7 @@ impl Shared {
             enforcement: Mutex::new(enforcement),
             policy: RwLock::new(Arc::new(policy)),
             audit,
+            exports,
             cgroups,
             exe_hasher: Default::default(),
             flows: Mutex::new(Flows::new(10_000)),

@@ -7,6 +7,8 @@
 //! protect only loopback addresses, pin under `/sys/fs/bpf/portcullis-test-*`,
 //! and clean up in `Drop` even when the test fails.
 
+pub mod siem;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;

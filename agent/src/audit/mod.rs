@@ -28,6 +28,7 @@
 
 pub mod bench;
 mod chain;
+pub mod export;
 mod key;
 pub mod segments;
 pub mod verify;
@@ -184,6 +185,8 @@ enum Msg {
 struct Stats {
     written: AtomicU64,
     dropped: AtomicU64,
+    /// `seq` of the next record to be written (all before it are in the file).
+    next_seq: AtomicU64,
 }
 
 /// Whether the log accepts records, and why not.
@@ -390,6 +393,7 @@ impl AuditLog {
         let (next_seq, head, unsigned) = head.map_or((0, GENESIS.to_string(), 0), |h| {
             (h.seq + 1, h.hash, u64::from(!h.signed))
         });
+        stats.next_seq.store(next_seq, Ordering::Relaxed);
         let now = Instant::now();
         let w = Writer {
             rx,
@@ -498,6 +502,11 @@ impl AuditLog {
     /// Records written to the file, checkpoints included.
     pub fn written(&self) -> u64 {
         self.stats.written.load(Ordering::Relaxed)
+    }
+
+    /// `seq` of the newest record in the file (`None` while the log is empty).
+    pub fn head_seq(&self) -> Option<u64> {
+        self.stats.next_seq.load(Ordering::Relaxed).checked_sub(1)
     }
 
     pub fn dropped(&self) -> u64 {
@@ -1074,6 +1083,7 @@ impl Writer {
                     self.stats
                         .written
                         .fetch_add(self.batch_records, Ordering::Relaxed);
+                    self.stats.next_seq.store(self.next_seq, Ordering::Relaxed);
                     if self.write_problem.take().is_some() {
                         tracing::info!(path = %self.path.display(), "audit log writable again");
                         self.check_space();

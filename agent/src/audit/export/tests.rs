@@ -1,0 +1,241 @@
+//! The reader against a real log (rotation, retention, records being
+//! written) and the cursor file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::reader::{Cursor, Gap, LogReader, cursor_path, load_cursor, store_cursor};
+use crate::audit::testutil::TempDir;
+use crate::audit::{AuditLog, AuditOptions, segments};
+use crate::config::AuditSync;
+
+fn opts(rotate_bytes: u64, retain_bytes: u64) -> AuditOptions {
+    AuditOptions {
+        checkpoint_every: 50,
+        rotate_bytes,
+        retain_bytes,
+        min_free_bytes: 0,
+        ..AuditOptions::default()
+    }
+}
+
+fn write(log: &AuditLog, from: usize, n: usize) {
+    for i in from..from + n {
+        log.record("test", json!({"i": i, "pad": "x".repeat(200)}))
+            .expect("queued");
+    }
+    assert!(log.flush(Duration::from_secs(10)), "flush");
+}
+
+/// Everything the reader returns until it is caught up, 7 at a time.
+fn drain(r: &mut LogReader) -> (Vec<u64>, Vec<Gap>) {
+    let (mut seqs, mut gaps) = (Vec::new(), Vec::new());
+    loop {
+        let b = r.read(7).expect("read");
+        gaps.extend(b.gaps);
+        if b.records.is_empty() {
+            return (seqs, gaps);
+        }
+        seqs.extend(b.records.iter().map(|r| r.seq));
+    }
+}
+
+fn contiguous(seqs: &[u64], from: u64) {
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(*s, from + i as u64, "seq order without holes: {seqs:?}");
+    }
+}
+
+#[test]
+fn reads_in_seq_order_across_segments_and_follows_rotation() {
+    let tmp = TempDir::new("export-read");
+    let dir = tmp.0.join("audit");
+    let log = AuditLog::open_with(&dir, 1024, AuditSync::None, opts(64 * 1024, 0)).expect("open");
+    write(&log, 0, 300);
+    assert!(segments::list(&dir).expect("list").len() >= 2, "rotated");
+    let mut r = LogReader::new(&dir, None);
+    let (first, gaps) = drain(&mut r);
+    assert!(gaps.is_empty(), "{gaps:?}");
+    contiguous(&first, 0);
+    // While the reader holds the live file, it is rotated away: the reader
+    // finishes it and goes on in the new one.
+    write(&log, 300, 600);
+    let (more, gaps) = drain(&mut r);
+    assert!(gaps.is_empty(), "{gaps:?}");
+    contiguous(&more, first.len() as u64);
+    let head = log.head_seq().expect("head");
+    assert_eq!(
+        more.last().copied(),
+        Some(head),
+        "caught up with the writer"
+    );
+    // A new reader from the middle (a cursor) starts exactly there.
+    let mut mid = LogReader::new(&dir, Some(123));
+    let (seqs, _) = drain(&mut mid);
+    contiguous(&seqs, 123);
+    assert_eq!(seqs.last().copied(), Some(head));
+}
+
+#[test]
+fn a_record_being_written_is_read_once_complete() {
+    let tmp = TempDir::new("export-torn");
+    let dir = tmp.0.join("audit");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let live = dir.join(segments::LIVE_FILE);
+    std::fs::write(&live, "{\"seq\":0,\"event\":\"a\"}\n{\"seq\":1,\"ev").expect("write");
+    let mut r = LogReader::new(&dir, None);
+    let (seqs, _) = drain(&mut r);
+    assert_eq!(seqs, [0]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&live)
+        .expect("open");
+    std::io::Write::write_all(&mut f, b"ent\":\"b\"}\n").expect("append");
+    let b = r.read(10).expect("read");
+    assert_eq!(b.records.len(), 1);
+    assert_eq!((b.records[0].seq, b.records[0].event()), (1, "b"));
+}
+
+#[test]
+fn segments_removed_before_export_are_reported_as_a_gap() {
+    let tmp = TempDir::new("export-gap");
+    let dir = tmp.0.join("audit");
+    let log = AuditLog::open_with(&dir, 4096, AuditSync::None, opts(64 * 1024, 192 * 1024))
+        .expect("open");
+    write(&log, 0, 2000);
+    let oldest = segments::list(&dir).expect("list")[0].first_seq;
+    assert!(oldest > 10, "retention removed the oldest segments");
+    // A sink that had exported up to seq 9.
+    let mut r = LogReader::new(&dir, Some(10));
+    let (seqs, gaps) = drain(&mut r);
+    assert_eq!(
+        gaps,
+        [Gap {
+            first: 10,
+            last: oldest - 1
+        }]
+    );
+    contiguous(&seqs, oldest);
+    // A sink with no cursor starts at the oldest record: nothing is missing.
+    let (_, gaps) = drain(&mut LogReader::new(&dir, None));
+    assert!(gaps.is_empty());
+}
+
+#[test]
+fn rewind_reads_again_from_a_seq() {
+    let tmp = TempDir::new("export-rewind");
+    let dir = tmp.0.join("audit");
+    let log = AuditLog::open_with(&dir, 1024, AuditSync::None, opts(64 * 1024, 0)).expect("open");
+    write(&log, 0, 400);
+    let mut r = LogReader::new(&dir, None);
+    let (all, _) = drain(&mut r);
+    r.rewind(5);
+    let (again, _) = drain(&mut r);
+    contiguous(&again, 5);
+    assert_eq!(again.last(), all.last());
+}
+
+#[test]
+fn the_cursor_is_replaced_atomically_and_a_bad_one_is_an_error() {
+    let tmp = TempDir::new("export-cursor");
+    let p = cursor_path(&tmp.0, "siem");
+    assert_eq!(load_cursor(&p), Ok(None), "no cursor yet");
+    let c = Cursor {
+        sink: "siem".into(),
+        seq: 41,
+        event_id: "id".into(),
+        updated: "2026-01-01T00:00:00.000000Z".into(),
+    };
+    store_cursor(&p, &c).expect("store");
+    store_cursor(
+        &p,
+        &Cursor {
+            seq: 42,
+            ..c.clone()
+        },
+    )
+    .expect("store again");
+    assert_eq!(load_cursor(&p).expect("load").map(|c| c.seq), Some(42));
+    assert!(
+        !Path::new(&p.with_extension("cursor.tmp")).exists(),
+        "no temporary left"
+    );
+    std::fs::write(&p, "{\"seq\": 4").expect("damage");
+    let err = load_cursor(&p).expect_err("damaged cursor");
+    assert!(err.contains("siem.cursor"), "{err}");
+}
+
+#[test]
+fn exports_in_agent_yaml_with_defaults_and_clear_errors() {
+    use super::config::{ExportFormat, SyslogTransport};
+    use crate::config::AgentConfig;
+    let text = "exports:\n  - name: siem\n    syslog: { transport: tcp, address: \"127.0.0.1:514\" }\n  - name: lake\n    format: ocsf\n    http: { url: \"https://c.example/in\", token_file: /etc/t }\n";
+    let c = AgentConfig::parse(Path::new("a.yaml"), text).expect("valid exports");
+    assert_eq!(c.exports.len(), 2);
+    let s = &c.exports[0];
+    let sys = s.syslog.as_ref().expect("syslog");
+    assert_eq!(
+        (
+            s.format,
+            sys.transport,
+            sys.facility.as_str(),
+            sys.resend_secs,
+            s.batch,
+            s.backoff_max_ms
+        ),
+        (
+            ExportFormat::Json,
+            SyslogTransport::Tcp,
+            "local0",
+            10,
+            500,
+            30_000
+        )
+    );
+    assert_eq!(
+        c.exports[1].http.as_ref().map(|h| h.timeout_ms),
+        Some(10_000)
+    );
+    for (bad, setting) in [
+        (
+            "exports:\n  - name: a b\n    syslog: { transport: udp, address: \"h:1\" }\n",
+            "exports[].name",
+        ),
+        (
+            "exports:\n  - name: a\n    syslog: { transport: udp, address: \"h:1\" }\n  - name: a\n    syslog: { transport: udp, address: \"h:1\" }\n",
+            "exports[].name",
+        ),
+        ("exports:\n  - name: a\n", "exports[]"),
+        (
+            "exports:\n  - name: a\n    syslog: { transport: tcp, address: \"nohost\" }\n",
+            "exports[].syslog.address",
+        ),
+        (
+            "exports:\n  - name: a\n    syslog: { transport: unix-dgram, address: \"rel/sock\" }\n",
+            "exports[].syslog.address",
+        ),
+        (
+            "exports:\n  - name: a\n    syslog: { transport: udp, address: \"h:1\", facility: nope }\n",
+            "exports[].syslog.facility",
+        ),
+        (
+            "exports:\n  - name: a\n    http: { url: \"ftp://x\" }\n",
+            "exports[].http.url",
+        ),
+    ] {
+        let err = AgentConfig::parse(Path::new("a.yaml"), bad).expect_err(bad);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(setting) && msg.contains("a.yaml"),
+            "{bad}: {msg}"
+        );
+    }
+    let err = AgentConfig::parse(
+        Path::new("a.yaml"),
+        "exports:\n  - name: a\n    syslog: { transport: tcp, adress: \"h:1\" }\n",
+    )
+    .expect_err("typo");
+    assert!(err.to_string().contains("adress"), "{err}");
+}
