@@ -768,3 +768,4 @@ pub fn policy(target_addrs: &[&str], ports: &[u16], workloads: &str, rules: &str
         ports.join(", ")
     )
 }
+pub mod pg;
