@@ -977,6 +977,7 @@ fn fallback(p: &Piece) -> Option<StatementInfo> {
     };
     match w(0).as_deref() {
         Some("DO") => simple(K::Do),
+        Some("COPY") => copy_without_options(t),
         Some("ABORT") => simple(K::Rollback),
         Some("CHECKPOINT") => simple(K::Other),
         Some("ALTER") if w(1).as_deref() == Some("SYSTEM") => {
@@ -1002,6 +1003,38 @@ fn fallback(p: &Piece) -> Option<StatementInfo> {
 
 /// `CREATE RULE name AS ON event TO table [WHERE cond] DO [ALSO|INSTEAD] action`:
 /// the table and everything the actions touch count as written.
+/// A COPY whose option list sqlparser does not read (`WITH (FREEZE ON)`, as
+/// pgbench sends): options only shape the data format, so the statement is
+/// analysed without them. A `WHERE` clause (an expression, which could call
+/// functions) is never dropped: such a text stays unparsed.
+fn copy_without_options(t: &[Token]) -> Option<StatementInfo> {
+    let mut depth = 0i32;
+    let mut end = None;
+    for (i, tok) in t.iter().enumerate() {
+        match tok {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 && matches!(word(Some(tok)).as_deref(), Some("FROM") | Some("TO")) {
+            end = Some(match word(t.get(i + 1)).as_deref() {
+                Some("PROGRAM") => i + 3,
+                _ => i + 2,
+            });
+            break;
+        }
+    }
+    let end = end?;
+    if end > t.len() || t[end..].iter().any(|x| word(Some(x)).as_deref() == Some("WHERE")) {
+        return None;
+    }
+    let text: Vec<String> = t[..end].iter().map(|x| x.to_string()).collect();
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, &format!("{};", text.join(" "))).ok()?;
+    let mut info = statement_info(stmts.first()?);
+    info.fingerprint = fingerprint_tokens(t);
+    Some(info)
+}
+
 fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
     // Find `TO` after `ON event`.
     while i < t.len() && word(t.get(i)).as_deref() != Some("TO") {
@@ -1098,4 +1131,25 @@ fn fingerprint_tokens(t: &[Token]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod copy_option_tests {
+    use super::*;
+
+    #[test]
+    fn copy_with_options_sqlparser_does_not_read_is_analysed_without_them() {
+        let a = analyze_text("copy pgbench_accounts from stdin with (freeze on)");
+        assert!(a.error.is_none(), "{:?}", a.error);
+        assert_eq!(a.statements.len(), 1);
+        let f = &a.statements[0].facts;
+        assert_eq!(f.kinds, vec![K::Copy]);
+        assert!(f.tables_written.iter().any(|t| t.ends_with("pgbench_accounts")), "{f:?}");
+        let a = analyze_text("COPY \"Weird\".t TO PROGRAM 'id' WITH (FORMAT csv, FREEZE on)");
+        assert!(a.error.is_none(), "{:?}", a.error);
+        assert!(a.statements[0].dangerous.iter().any(|d| d == "copy_program"));
+        // A WHERE clause may call functions: never dropped, so never analysed blind.
+        let a = analyze_text("copy t from stdin with (freeze on) where pg_read_file('/etc/passwd') is not null");
+        assert!(a.error.is_some());
+    }
 }
