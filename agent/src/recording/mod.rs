@@ -39,7 +39,8 @@ const BUFFER: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct RecordingConfig {
     pub dir: PathBuf,
-    /// Bytes per session file; beyond it, one `truncated` event and later events dropped.
+    /// Bytes per session file; beyond it, one `truncated` event and later events
+    /// dropped (0: no bound; agent.yaml requires at least 512).
     pub max_bytes: u64,
     pub enabled: bool,
 }
