@@ -224,6 +224,8 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         rec.rule = "audit-unavailable";
         rec.error = Some("the audit log is not accepting records".into());
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        // Refused: the client does not wait for the recording's fsync.
+        drop(client);
         finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     }
@@ -236,12 +238,14 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             decision.rule
         ));
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        drop(client);
         finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     }
     if decision.outcome == Outcome::Deny {
         tracing::info!(session = %session, pid = attribution.pid, comm = %attribution.comm, destination = %dst, rule = %decision.rule, "connection denied");
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        drop(client);
         finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     }
@@ -253,6 +257,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             shared.cfg.max_connections
         ));
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        drop(client);
         finish_recorded(&shared, &mut rec, started, None, protocol).await;
         return;
     };
@@ -300,6 +305,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         rec.decision = "deny";
         rec.rule = "audit-unavailable";
         rec.error = Some(e.to_string());
+        drop(client);
         finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
         return;
     }
@@ -346,6 +352,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         Err(e) => {
             rec.end = "upstream_unreachable";
             rec.error = Some(e);
+            drop(client);
             finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
             return;
         }

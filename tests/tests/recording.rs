@@ -339,3 +339,61 @@ fn the_size_bound_produces_one_truncated_event() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn expired_recordings_are_removed_after_an_audit_record() {
+    if !privileged("expired_recordings_are_removed_after_an_audit_record") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let server = Server::start("127.0.0.1:0", Reply::Echo, None);
+    // Declared before the agent, so it is removed after the agent stopped.
+    let state = TempDir::new("portcullis-test-rec-state");
+    let header = "{\"seq\":0,\"time\":\"2020-01-01T00:00:00.000000Z\",\"elapsed_us\":0,\"event\":\"session_start\",\"format\":\"portcullis-recording/1\",\"session_id\":\"old\",\"host\":\"h\",\"agent_version\":\"0\",\"data\":{}}\n";
+    let old_day = state.0.join("sessions").join("2020-01-01");
+    let new_day = state.0.join("sessions").join("2999-01-01");
+    for d in [&old_day, &new_day] {
+        std::fs::create_dir_all(d).expect("day dir");
+    }
+    let (old, fresh) = (old_day.join("old.jsonl"), new_day.join("fresh.jsonl"));
+    std::fs::write(&old, header).expect("write old recording");
+    std::fs::write(&fresh, header.replace("\"old\"", "\"fresh\"")).expect("write fresh");
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2020-01-01T00:00:00"])
+        .arg(&old)
+        .status()
+        .expect("run touch");
+    assert!(touched.success(), "touch -d failed");
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[server.port()], WORKLOADS, RULES),
+        AgentOpts {
+            state_dir: Some(state.0.clone()),
+            extra_config: "recording_retain_secs: 86400\n".into(),
+            ..AgentOpts::default()
+        },
+    );
+    // The first check runs at start-up; bounded only to turn a hang into a failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while old.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !old.exists(),
+        "the expired recording was not removed:\n{}",
+        agent.log()
+    );
+    assert!(!old_day.exists(), "its emptied day directory goes too");
+    assert!(fresh.exists(), "a recent recording stays");
+    let rec = agent
+        .audit()
+        .into_iter()
+        .find(|r| r["event"] == "recording_retention")
+        .unwrap_or_else(|| panic!("no recording_retention audit record"));
+    let files: Vec<&str> = rec["files"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(files, [old.to_str().expect("utf-8")], "{rec:#}");
+    assert_eq!(rec["retain_secs"], 86400);
+}

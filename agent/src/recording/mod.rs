@@ -13,6 +13,14 @@
 //! the start of the session, so it never goes backwards even if the wall clock does.
 //! A session that reaches `max_bytes` gets one `truncated` event and later events are
 //! counted, not written; `session_end` is always written.
+//!
+//! Protocol handlers emit, with values already masked (nothing regulated is
+//! written in clear): `request` {protocol, text, kinds, decision, rule},
+//! `response` {columns, rows (strings or null), tag, rows_total, rows_omitted},
+//! `error` {severity, sqlstate, message}, `notice` {severity, message},
+//! `decision` {decision, rule, reason}, `copy` {direction, bytes}. The L4 relay
+//! emits `half_close` {from, bytes} and `bytes` {client_to_upstream,
+//! upstream_to_client}. Any other kind is kept and shown generically.
 
 pub mod cli;
 pub mod read;
@@ -39,7 +47,8 @@ const BUFFER: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct RecordingConfig {
     pub dir: PathBuf,
-    /// Bytes per session file; beyond it, one `truncated` event and later events dropped.
+    /// Bytes per session file; beyond it, one `truncated` event and later events
+    /// dropped (0: no bound; agent.yaml requires at least 512).
     pub max_bytes: u64,
     pub enabled: bool,
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-/// Bytes read from the end of a file to find its `session_end` line for `list`.
-const TAIL: u64 = 256 * 1024;
+/// Bytes read from the end of a file to find its `session_end` line for `list`
+/// (the line is a few hundred bytes).
+const TAIL: u64 = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -314,6 +315,9 @@ pub fn list(dir: &Path, filter: &Filter) -> Result<(Vec<Summary>, Vec<ReadError>
     let mut out = Vec::new();
     let mut errs = Vec::new();
     for p in files(dir)? {
+        if !day_may_match(&p, filter) {
+            continue;
+        }
         match summarize(&p) {
             Ok(s) if filter.keeps(&s) => out.push(s),
             Ok(_) => {}
@@ -322,6 +326,23 @@ pub fn list(dir: &Path, filter: &Filter) -> Result<(Vec<Summary>, Vec<ReadError>
     }
     out.sort_by(|a, b| (a.start_us, &a.id).cmp(&(b.start_us, &b.id)));
     Ok((out, errs))
+}
+
+/// False when `path` is in a per-day directory (`YYYY-MM-DD`, the UTC day the
+/// session started) that lies wholly outside the filter's time range: such files
+/// are not opened at all.
+fn day_may_match(path: &Path, filter: &Filter) -> bool {
+    const DAY_US: i64 = 86_400 * 1_000_000;
+    let Some(day) = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| n.len() == 10)
+        .and_then(|n| parse_rfc3339(&format!("{n}T00:00:00Z")).ok())
+    else {
+        return true;
+    };
+    filter.since_us.is_none_or(|t| day + DAY_US > t) && filter.until_us.is_none_or(|t| day <= t)
 }
 
 /// The recording for `id`: an existing file path, a full id, or a unique prefix.
@@ -632,6 +653,29 @@ mod tests {
         let e = find(&dir, "cccc").expect_err("missing").to_string();
         assert!(e.contains("no session recording"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn day_directories_outside_the_range_are_skipped() {
+        let day = |d: &str| PathBuf::from(format!("/r/{d}/x.jsonl"));
+        let t = parse_rfc3339("2026-01-05T12:00:00Z").expect("time");
+        let since = Filter {
+            since_us: Some(t),
+            ..Filter::default()
+        };
+        assert!(!day_may_match(&day("2026-01-04"), &since));
+        assert!(day_may_match(&day("2026-01-05"), &since));
+        assert!(day_may_match(&day("2026-01-06"), &since));
+        let until = Filter {
+            until_us: Some(t),
+            ..Filter::default()
+        };
+        assert!(day_may_match(&day("2026-01-05"), &until));
+        assert!(!day_may_match(&day("2026-01-06"), &until));
+        assert!(
+            day_may_match(Path::new("/r/copied.jsonl"), &until),
+            "not a day directory"
+        );
     }
 
     #[test]
