@@ -17,6 +17,8 @@
 //!                                           pg_stat_activity shows it active (a second
 //!                                           connection), cancels it with the cancel token
 //!   {"expect_error": SQL, "sqlstate": CODE} the statement must fail with that SQLSTATE
+//!   {"try": SQL}                            simple query; success or error is the result
+//!                                           ({"ok", "rows"} or {"ok": false, "sqlstate", "error"})
 //!
 //! Prints one JSON line: {"ok": true, "steps": [..]} or {"ok": false, "failed_step": i,
 //! "error": .., "sqlstate": .., "steps": [results so far]} (exit status 1). Exit status 2
@@ -180,6 +182,21 @@ async fn run_step(client: &Client, conninfo: &str, step: &Value) -> Result<Value
         Ok(json!({"data": String::from_utf8_lossy(&data)}))
     } else if obj.contains_key("cancel") {
         cancel(client, conninfo, sql_of(step, "cancel")?).await
+    } else if obj.contains_key("try") {
+        // Either outcome is a result: the test decides what it expected.
+        match client.simple_query(sql_of(step, "try")?).await {
+            Ok(msgs) => {
+                let rows = msgs
+                    .iter()
+                    .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+                    .count();
+                Ok(json!({"ok": true, "rows": rows}))
+            }
+            Err(e) => {
+                let e = StepError::from(e);
+                Ok(json!({"ok": false, "sqlstate": e.sqlstate, "error": e.message}))
+            }
+        }
     } else if obj.contains_key("expect_error") {
         let want = step["sqlstate"].as_str().unwrap_or("");
         match client.simple_query(sql_of(step, "expect_error")?).await {

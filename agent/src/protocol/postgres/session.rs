@@ -35,7 +35,7 @@ use crate::policy::spec::{ClientTls, UpstreamTls};
 use crate::policy::{
     self, Action, CompiledPolicy, Decision, Outcome, StatementFacts, Subject, Target,
 };
-use crate::protocol::sql::{Analysis, SqlSession, StatementInfo, decide_message};
+use crate::protocol::sql::{Analysis, SqlSession, StatementInfo, decide_message, most_restrictive};
 use crate::recording::Recorder;
 use crate::state::Shared;
 
@@ -1042,6 +1042,17 @@ async fn relay(
     res
 }
 
+/// The statement whose refusal decides a message: the most restrictive decision
+/// among its statements (a rule's deny over the default's), if that refuses.
+fn deciding_refusal(stmts: &[Arc<Stmt>]) -> Option<Arc<Stmt>> {
+    let decisions: Vec<Decision> = stmts.iter().map(|s| s.decision.clone()).collect();
+    let worst = most_restrictive(&decisions)?;
+    if worst.outcome == Outcome::Allow {
+        return None;
+    }
+    stmts.iter().find(|s| &s.decision == worst).cloned()
+}
+
 /// Bytes of a result value for the recording: text as text, binary as hex.
 fn value_json(v: Option<&[u8]>, format: i16) -> Value {
     match v {
@@ -1414,7 +1425,7 @@ impl Session<'_> {
         match msg {
             Front::Query(text) => {
                 let stmts = self.check(&mut t, text, "simple", None);
-                let refused = stmts.iter().find(|s| s.refused()).cloned();
+                let refused = deciding_refusal(&stmts);
                 t.statements += stmts.len() as u64;
                 for s in &stmts {
                     self.record_request(&mut t, s);
@@ -1454,7 +1465,7 @@ impl Session<'_> {
             Front::Parse { name, query } => {
                 let analysis = self.ctx.shared.pg.analyzer.analyze(query);
                 let stmts = self.check_analysis(&mut t, query, &analysis, "parse", Some(name));
-                let refused = stmts.iter().find(|s| s.refused()).cloned();
+                let refused = deciding_refusal(&stmts);
                 match refused {
                     Some(s) => {
                         t.denied += 1;
@@ -1517,7 +1528,7 @@ impl Session<'_> {
                             Some(&name),
                         );
                         t.statements += 1;
-                        let refused = stmts.iter().find(|s| s.refused()).cloned();
+                        let refused = deciding_refusal(&stmts);
                         let Some(first) = stmts.first().cloned() else {
                             // An empty statement: the server answers EmptyQueryResponse.
                             f.encode(out);

@@ -978,6 +978,7 @@ fn fallback(p: &Piece) -> Option<StatementInfo> {
     match w(0).as_deref() {
         Some("DO") => simple(K::Do),
         Some("COPY") => copy_without_options(t),
+        Some("VACUUM") | Some("ANALYZE") | Some("ANALYSE") => vacuum(t),
         Some("ABORT") => simple(K::Rollback),
         Some("CHECKPOINT") => simple(K::Other),
         Some("ALTER") if w(1).as_deref() == Some("SYSTEM") => {
@@ -1003,6 +1004,61 @@ fn fallback(p: &Piece) -> Option<StatementInfo> {
 
 /// `CREATE RULE name AS ON event TO table [WHERE cond] DO [ALSO|INSTEAD] action`:
 /// the table and everything the actions touch count as written.
+/// VACUUM / ANALYZE [options] [table [(columns)], ...]: maintenance of the
+/// tables named (reported as written), or of every table when none is named.
+fn vacuum(t: &[Token]) -> Option<StatementInfo> {
+    let mut i = 1;
+    if matches!(t.get(i), Some(Token::LParen)) {
+        while i < t.len() && !matches!(t[i], Token::RParen) {
+            i += 1;
+        }
+        i += 1;
+    }
+    while matches!(
+        word(t.get(i)).as_deref(),
+        Some("FULL" | "FREEZE" | "VERBOSE" | "ANALYZE" | "ANALYSE")
+    ) {
+        i += 1;
+    }
+    let mut tables = Vec::new();
+    let mut name = String::new();
+    let mut depth = 0i32;
+    for tok in &t[i.min(t.len())..] {
+        match tok {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth > 0 => {}
+            Token::Word(w) => name.push_str(&if w.quote_style.is_some() {
+                w.value.clone()
+            } else {
+                w.value.to_lowercase()
+            }),
+            Token::Period => name.push('.'),
+            Token::Comma => tables.push(std::mem::take(&mut name)),
+            // Anything else is not a table list this recogniser understands.
+            _ => return None,
+        }
+    }
+    if !name.is_empty() {
+        tables.push(name);
+    }
+    if tables
+        .iter()
+        .any(|n| n.is_empty() || n.starts_with('.') || n.ends_with('.'))
+    {
+        return None;
+    }
+    Some(StatementInfo {
+        facts: StatementFacts {
+            kinds: vec![K::Vacuum],
+            tables_written: tables,
+            ..Default::default()
+        },
+        fingerprint: fingerprint_tokens(t),
+        ..Default::default()
+    })
+}
+
 /// A COPY whose option list sqlparser does not read (`WITH (FREEZE ON)`, as
 /// pgbench sends): options only shape the data format, so the statement is
 /// analysed without them. A `WHERE` clause (an expression, which could call
@@ -1025,7 +1081,11 @@ fn copy_without_options(t: &[Token]) -> Option<StatementInfo> {
         }
     }
     let end = end?;
-    if end > t.len() || t[end..].iter().any(|x| word(Some(x)).as_deref() == Some("WHERE")) {
+    if end > t.len()
+        || t[end..]
+            .iter()
+            .any(|x| word(Some(x)).as_deref() == Some("WHERE"))
+    {
         return None;
     }
     let text: Vec<String> = t[..end].iter().map(|x| x.to_string()).collect();
@@ -1144,12 +1204,46 @@ mod copy_option_tests {
         assert_eq!(a.statements.len(), 1);
         let f = &a.statements[0].facts;
         assert_eq!(f.kinds, vec![K::Copy]);
-        assert!(f.tables_written.iter().any(|t| t.ends_with("pgbench_accounts")), "{f:?}");
+        assert!(
+            f.tables_written
+                .iter()
+                .any(|t| t.ends_with("pgbench_accounts")),
+            "{f:?}"
+        );
         let a = analyze_text("COPY \"Weird\".t TO PROGRAM 'id' WITH (FORMAT csv, FREEZE on)");
         assert!(a.error.is_none(), "{:?}", a.error);
-        assert!(a.statements[0].dangerous.iter().any(|d| d == "copy_program"));
+        assert!(
+            a.statements[0]
+                .dangerous
+                .iter()
+                .any(|d| d == "copy_program")
+        );
         // A WHERE clause may call functions: never dropped, so never analysed blind.
-        let a = analyze_text("copy t from stdin with (freeze on) where pg_read_file('/etc/passwd') is not null");
+        let a = analyze_text(
+            "copy t from stdin with (freeze on) where pg_read_file('/etc/passwd') is not null",
+        );
         assert!(a.error.is_some());
+    }
+
+    #[test]
+    fn vacuum_and_analyze_name_their_tables() {
+        let a = analyze_text("vacuum analyze pgbench_branches");
+        assert!(a.error.is_none(), "{:?}", a.error);
+        assert_eq!(a.statements[0].facts.kinds, vec![K::Vacuum]);
+        assert!(
+            a.statements[0]
+                .facts
+                .tables_written
+                .iter()
+                .any(|t| t.ends_with("pgbench_branches"))
+        );
+        let a = analyze_text("VACUUM (VERBOSE, ANALYZE) public.a, \"B\"(x)");
+        assert!(a.error.is_none(), "{:?}", a.error);
+        let w = &a.statements[0].facts.tables_written;
+        assert!(
+            w.iter().any(|t| t == "public.a") && w.iter().any(|t| t.ends_with("B")),
+            "{w:?}"
+        );
+        assert!(analyze_text("vacuum").error.is_none());
     }
 }

@@ -1,0 +1,856 @@
+//! Privileged end-to-end tests of the PostgreSQL protocol proxy: a real server,
+//! real clients (psql, pgbench, tokio-postgres) in a test cgroup, redirected by the
+//! kernel programs to the real agent, which logs in upstream with credentials only
+//! it holds and decides every statement.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use portcullis_tests::pg::{self, PgOpts, PgServer};
+use portcullis_tests::{Agent, AgentOpts, TempDir, TestCgroup, ci, in_cgroup, privileged};
+use serde_json::{Value, json};
+
+const CONNECT_RULE: &str = "clients-connect";
+
+/// Rules on top of the connection allow: where-less writes, DDL, dangerous
+/// functions refused; TRUNCATE needs approval.
+const SQL_RULES: &str = "
+  - id: no-where-less
+    workloads: [clients]
+    targets: [app-db]
+    effect: deny
+    when: { sql: { statements: [update, delete], where_less: true } }
+  - id: no-ddl
+    workloads: [clients]
+    targets: [app-db]
+    effect: deny
+    when: { sql: { statements: [create, alter, drop] } }
+  - id: no-file-access
+    workloads: [clients]
+    targets: [app-db]
+    effect: deny
+    when: { sql: { functions: [\"pg_read_file\", \"pg_ls_dir\"] } }
+  - id: truncate-needs-approval
+    workloads: [clients]
+    targets: [app-db]
+    effect: require_approval
+    approval: { approvers: [dba], timeout: 5m }
+    when: { sql: { statements: [truncate] } }
+";
+
+struct World {
+    agent: Agent,
+    pg: PgServer,
+    unit: PathBuf,
+    creds: TempDir,
+    _cg: TestCgroup,
+}
+
+/// Target `app-db` (protocol postgres) with `target_extra` lines, the connection
+/// allow for workload `clients` (unit pgclients.service), and `rules`.
+fn policy(port: u16, target_extra: &str, mode: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: portcullis.dev/v1\nmode: {mode}\nworkloads:\n  - name: clients\n    match: {{ unit: \"pgclients.service\" }}\ntargets:\n  - name: app-db\n    addresses: [\"127.0.0.1\"]\n    ports: [{port}]\n    protocol: postgres\n{target_extra}rules:\n  - id: {CONNECT_RULE}\n    workloads: [clients]\n    targets: [app-db]\n    effect: allow\n{rules}"
+    )
+}
+
+fn write_credential(dir: &Path, name: &str, user: &str, password: &str) {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, format!("user: {user}\npassword: \"{password}\"\n"))
+        .expect("write credential");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod credential");
+}
+
+fn world(
+    test: &str,
+    opts: PgOpts,
+    policy_of: impl Fn(u16) -> String,
+    agent_extra: &str,
+) -> Option<World> {
+    world_with(
+        test,
+        opts,
+        |pg| policy_of(pg.port),
+        |_| agent_extra.to_string(),
+    )
+}
+
+/// Like [`world`], with the policy and the extra agent settings made once the
+/// server exists (its CA, say).
+fn world_with(
+    test: &str,
+    opts: PgOpts,
+    policy_of: impl Fn(&PgServer) -> String,
+    agent_extra_of: impl Fn(&PgServer) -> String,
+) -> Option<World> {
+    if !privileged(test) {
+        return None;
+    }
+    if let Some(why) = pg::missing() {
+        if ci() {
+            panic!("{test}: cannot run under CI=true: {why}");
+        }
+        eprintln!("SKIP {test}: {why}");
+        return None;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("pgclients");
+    let pg = PgServer::start(opts);
+    let creds = TempDir::new("portcullis-test-creds");
+    write_credential(&creds.0, "app-db", "app", &pg::password("app"));
+    let agent = Agent::start(
+        &cg.slice,
+        &policy_of(&pg),
+        AgentOpts {
+            extra_config: format!(
+                "credentials_dir: {}\n{}",
+                creds.0.display(),
+                agent_extra_of(&pg)
+            ),
+            ..AgentOpts::default()
+        },
+    );
+    Some(World {
+        agent,
+        pg,
+        unit,
+        creds,
+        _cg: cg,
+    })
+}
+
+/// psql inside the cgroup as database user `user` with no password at all: the
+/// agent logs in upstream with its own credentials.
+fn psql(
+    w: &World,
+    user: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let conn = format!(
+        "host=127.0.0.1 port={} user={user} dbname=app connect_timeout=10",
+        w.pg.port
+    );
+    let bin = w.pg.bin.join("psql");
+    let mut all = vec![
+        bin.to_str().expect("utf-8"),
+        "-X",
+        "-v",
+        "VERBOSITY=verbose",
+        "-d",
+        &conn,
+    ];
+    all.extend_from_slice(args);
+    let mut cmd = in_cgroup(&w.unit, &all);
+    cmd.env_remove("PGPASSWORD")
+        .env("PGSSLMODE", "disable")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run psql");
+    if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
+        i.write_all(text.as_bytes()).expect("write psql input");
+    }
+    let out = child.wait_with_output().expect("psql output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn statements(w: &World) -> Vec<Value> {
+    w.agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "statement")
+        .collect()
+}
+
+fn record_for<'a>(recs: &'a [Value], text: &str) -> &'a Value {
+    recs.iter()
+        .find(|r| r["statement"] == text)
+        .unwrap_or_else(|| panic!("no statement record for {text:?} in {recs:#?}"))
+}
+
+#[test]
+fn statements_are_decided_audited_and_refusals_keep_the_session_and_its_transaction() {
+    let Some(w) = world(
+        "statements_are_decided_audited_and_refusals_keep_the_session_and_its_transaction",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", SQL_RULES),
+        "",
+    ) else {
+        return;
+    };
+    let script = "SELECT count(*) AS n FROM accounts;
+DELETE FROM orders;
+SELECT 'still here' AS s;
+BEGIN;
+INSERT INTO orders (account_id, item, amount) VALUES (1, 'in-tx', 1.00);
+DELETE FROM orders;
+COMMIT;
+SELECT count(*) AS in_tx FROM orders WHERE item = 'in-tx';
+SELECT 'first' AS part\\; DELETE FROM orders;
+TRUNCATE orders;
+DROP TABLE orders;
+SELECT pg_read_file('/etc/passwd');
+UPDATE accounts SET balance = balance WHERE id = 1;
+SELECT 'end' AS e;
+";
+    let orders_before = w.pg.superuser_sql("SELECT count(*) FROM orders");
+    let (_, out, err) = psql(&w, "whoever", &[], Some(script), &[]);
+    let refusals: Vec<&str> = err.lines().filter(|l| l.contains("42501")).collect();
+    assert_eq!(refusals.len(), 6, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(refusals[0].contains("rule `no-where-less`"), "{err}");
+    assert!(
+        refusals[3].contains("requires approval under rule `truncate-needs-approval`"),
+        "{err}"
+    );
+    assert!(refusals[4].contains("rule `no-ddl`"), "{err}");
+    assert!(refusals[5].contains("rule `no-file-access`"), "{err}");
+    // The session stayed usable; the refused DELETE inside BEGIN failed the
+    // transaction as any error would, so COMMIT rolled back the INSERT.
+    assert!(out.contains("still here"), "{out}");
+    assert!(out.contains("ROLLBACK"), "{out}");
+    let in_tx = out
+        .split("in_tx")
+        .nth(1)
+        .and_then(|s| s.lines().nth(2))
+        .map(str::trim);
+    assert_eq!(in_tx, Some("0"), "{out}");
+    // A message with one refused statement runs none of them.
+    assert!(!out.contains("first"), "{out}");
+    assert!(out.contains("UPDATE 1") && out.contains("end"), "{out}");
+    // The server still has every order.
+    assert_eq!(
+        w.pg.superuser_sql("SELECT count(*) FROM orders"),
+        orders_before
+    );
+
+    let recs = statements(&w);
+    let sel = record_for(&recs, "SELECT count(*) AS n FROM accounts;");
+    assert_eq!(sel["decision"], "allow", "{sel:#}");
+    assert_eq!(sel["rule"], CONNECT_RULE, "{sel:#}");
+    assert_eq!(sel["outcome"], "ok", "{sel:#}");
+    assert_eq!(sel["rows"], 1, "{sel:#}");
+    assert_eq!(sel["kinds"], json!(["select"]), "{sel:#}");
+    assert!(
+        sel["tables_read"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| x == "public.accounts")),
+        "{sel:#}"
+    );
+    assert_eq!(sel["upstream_user"], "app", "{sel:#}");
+    assert_eq!(sel["database"], "app", "{sel:#}");
+    assert_eq!(sel["attribution"]["unit"], "pgclients.service", "{sel:#}");
+    assert!(
+        sel["policy_hash"].as_str().is_some_and(|h| h.len() == 64),
+        "{sel:#}"
+    );
+    assert!(sel["duration_us"].is_u64(), "{sel:#}");
+    let del = record_for(&recs, "DELETE FROM orders;");
+    assert_eq!(del["decision"], "deny", "{del:#}");
+    assert_eq!(del["rule"], "no-where-less", "{del:#}");
+    assert_eq!(del["outcome"], "refused", "{del:#}");
+    assert_eq!(del["where_less"], true, "{del:#}");
+    let upd = record_for(&recs, "UPDATE accounts SET balance = balance WHERE id = 1;");
+    assert_eq!(
+        (upd["outcome"].as_str(), upd["rows"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{upd:#}"
+    );
+    let rf = record_for(&recs, "SELECT pg_read_file('/etc/passwd');");
+    assert_eq!(rf["dangerous"], json!(["pg_read_file"]), "{rf:#}");
+    // The connection record names the upstream user; no secret anywhere.
+    let conns = w.agent.connections(1);
+    let c = conns
+        .iter()
+        .find(|c| c["session"]["protocol"] == "postgres")
+        .expect("a postgres connection record");
+    assert_eq!(c["session"]["upstream_user"], "app", "{c:#}");
+    assert_eq!(c["session"]["refused"], 6, "{c:#}");
+    let log = std::fs::read_to_string(w.agent.audit_path()).unwrap_or_default();
+    assert!(
+        !log.contains(&pg::password("app")),
+        "the agent's credential reached the audit log"
+    );
+    // The server saw the agent's user, never the client's.
+    assert!(w.pg.sessions_authorized("app") >= 1, "{}", w.pg.log());
+    assert_eq!(w.pg.sessions_authorized("whoever"), 0);
+}
+
+#[test]
+fn pgbench_init_and_every_query_mode_through_the_sql_proxy() {
+    let Some(w) = world(
+        "pgbench_init_and_every_query_mode_through_the_sql_proxy",
+        PgOpts::default(),
+        |port| {
+            let rules = SQL_RULES
+                .split("  - id: truncate-needs-approval")
+                .next()
+                .unwrap_or("");
+            policy(port, "    credentials: app-db\n", "enforce", rules)
+        },
+        "",
+    ) else {
+        return;
+    };
+    let conn = format!("host=127.0.0.1 port={} user=bench dbname=app", w.pg.port);
+    let bench = w.pg.bin.join("pgbench");
+    let run = |args: &[&str]| {
+        let mut all = vec![bench.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        all.push(&conn);
+        let out = in_cgroup(&w.unit, &all)
+            .env_remove("PGPASSWORD")
+            .env("PGSSLMODE", "disable")
+            .output()
+            .expect("run pgbench");
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pgbench {args:?}: {text}");
+        text
+    };
+    // -i: DROP/CREATE are DDL, refused by no-ddl... so initialise with the DDL
+    // rule's workload exempt: a second agent policy is not needed, the init runs
+    // its DDL as the superuser and only loads data through the proxy.
+    w.pg.superuser_sql(
+        "CREATE TABLE pgbench_branches(bid int primary key, bbalance int, filler char(88));
+         CREATE TABLE pgbench_tellers(tid int primary key, bid int, tbalance int, filler char(84));
+         CREATE TABLE pgbench_accounts(aid int primary key, bid int, abalance int, filler char(84));
+         CREATE TABLE pgbench_history(tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));
+         GRANT ALL ON pgbench_branches, pgbench_tellers, pgbench_accounts, pgbench_history TO app;",
+    );
+    // Data generation through the proxy: COPY ... FROM STDIN WITH (FREEZE ON) and VACUUM.
+    w.pg.superuser_sql(
+        "TRUNCATE pgbench_branches, pgbench_tellers, pgbench_accounts, pgbench_history",
+    );
+    let init = run(&["-i", "-I", "gv", "-s", "1", "-q"]);
+    assert!(!init.contains("Portcullis"), "{init}");
+    assert_eq!(
+        w.pg.superuser_sql("SELECT count(*) FROM pgbench_accounts"),
+        "100000"
+    );
+    for mode in ["simple", "extended", "prepared"] {
+        let out = run(&["-S", "-M", mode, "-c", "2", "-j", "2", "-t", "200", "-n"]);
+        let (done, failed) = pg::pgbench_counts(&out);
+        assert_eq!((done, failed), (400, 0), "pgbench -M {mode}: {out}");
+    }
+    let recs = statements(&w);
+    let selects = recs
+        .iter()
+        .filter(|r| {
+            r["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("SELECT abalance FROM pgbench_accounts"))
+        })
+        .count();
+    assert!(
+        selects >= 1200,
+        "one record per executed statement: {selects}"
+    );
+    assert!(recs.iter().any(|r| r["message"] == "extended"
+        && r["prepared_name"].as_str().is_some_and(|n| !n.is_empty())));
+}
+
+/// The client's certificate check and the server's: a CA, a certificate for the
+/// agent signed by it (openssl CLI), files in `dir`.
+fn agent_cert(dir: &Path, ca_dir: &Path) -> (PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=portcullis-agent",
+        "-keyout",
+        "agent.key",
+        "-out",
+        "agent.csr",
+    ]);
+    std::fs::write(
+        dir.join("agent.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext");
+    let ca = ca_dir.join("ca.crt");
+    let ca_key = ca_dir.join("ca.key");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "agent.csr",
+        "-CA",
+        ca.to_str().expect("utf-8"),
+        "-CAkey",
+        ca_key.to_str().expect("utf-8"),
+        "-CAcreateserial",
+        "-CAserial",
+        "agent.srl",
+        "-days",
+        "2",
+        "-extfile",
+        "agent.ext",
+        "-out",
+        "agent.crt",
+    ]);
+    std::fs::set_permissions(
+        dir.join("agent.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod key");
+    (dir.join("agent.crt"), dir.join("agent.key"))
+}
+
+#[test]
+fn tls_on_both_sides_credentials_refusals_and_cancel() {
+    let test = "tls_on_both_sides_credentials_refusals_and_cancel";
+    if !privileged(test) {
+        return;
+    }
+    // The server only accepts TLS; the agent verifies it against the test CA and
+    // offers clients its own certificate from the same CA.
+    let certs = TempDir::new("portcullis-test-agent-tls");
+    let tls_target = |pg: &PgServer| {
+        format!(
+            "    credentials: app-db\n    tls: {{ client: require, upstream: verify-full, ca_file: {} }}\n",
+            pg.ca.clone().unwrap_or_default().display()
+        )
+    };
+    let Some(w) = world_with(
+        test,
+        PgOpts {
+            hostssl_only: true,
+            ..PgOpts::default()
+        },
+        |pg| policy(pg.port, &tls_target(pg), "enforce", ""),
+        |pg| {
+            let ca = pg.ca.clone().expect("TLS server has a CA");
+            let (crt, key) = agent_cert(&certs.0, ca.parent().expect("CA dir"));
+            format!(
+                "tls_cert_file: {}\ntls_key_file: {}\n",
+                crt.display(),
+                key.display()
+            )
+        },
+    ) else {
+        return;
+    };
+    let ca = w.pg.ca.clone().expect("TLS server has a CA");
+    let ca_s = ca.to_str().expect("utf-8");
+    // Verified TLS from the client to the agent, and from the agent to the server.
+    let (ok, out, err) = psql(
+        &w,
+        "anyone",
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "SHOW ssl",
+        ],
+        None,
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", ca_s)],
+    );
+    assert!(ok, "psql over TLS: {err}");
+    assert_eq!(out.lines().next(), Some("t"), "{out}");
+    // Plain TCP is refused by `client: require`, with a clear message.
+    let (ok, _, err) = psql(
+        &w,
+        "anyone",
+        &["-c", "SELECT 1"],
+        None,
+        &[("PGSSLMODE", "disable")],
+    );
+    assert!(!ok);
+    assert!(err.contains("requires TLS from clients"), "{err}");
+    // Cancel through the agent: psql sends CancelRequest on SIGINT.
+    let conn = format!(
+        "host=127.0.0.1 port={} user=anyone dbname=app sslmode=require",
+        w.pg.port
+    );
+    let bin = w.pg.bin.join("psql");
+    let child = in_cgroup(
+        &w.unit,
+        &[
+            bin.to_str().expect("utf-8"),
+            "-X",
+            "-d",
+            &conn,
+            "-c",
+            "SELECT pg_sleep(30)",
+        ],
+    )
+    .env_remove("PGPASSWORD")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("psql");
+    let (_pid, _port) = w.pg.wait_for_active_query("app", "pg_sleep(30)");
+    // psql is the child of `sh -c ... exec psql`: same pid.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let out = child.wait_with_output().expect("psql cancel");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+    assert!(
+        w.agent
+            .audit()
+            .iter()
+            .any(|r| r["event"] == "statement_cancel" && r["error"].is_null())
+    );
+    // Wrong credentials: the client hears that the agent's credentials were
+    // refused, never the password; the audit record has the server's reason.
+    write_credential(&w.creds.0, "app-db", "app", "not-the-password");
+    let (ok, _, err) = psql(
+        &w,
+        "anyone",
+        &["-c", "SELECT 1"],
+        None,
+        &[("PGSSLMODE", "require")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("refused the agent's credentials `app-db` (database user `app`"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"), "{err}");
+    // A credential file others can read is refused before any login.
+    write_credential(&w.creds.0, "app-db", "app", &pg::password("app"));
+    std::fs::set_permissions(
+        w.creds.0.join("app-db.yaml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let (ok, _, err) = psql(
+        &w,
+        "anyone",
+        &["-c", "SELECT 1"],
+        None,
+        &[("PGSSLMODE", "require")],
+    );
+    assert!(!ok);
+    assert!(err.contains("cannot use its credentials `app-db`"), "{err}");
+    let conns = w.agent.connections(5);
+    assert!(
+        conns.iter().any(|c| c["end"] == "upstream_auth_failed"
+            && c["error"].as_str().is_some_and(|e| e.contains("28P01"))),
+        "{conns:#?}"
+    );
+    assert!(
+        conns.iter().any(|c| c["end"] == "credentials_error"
+            && c["error"].as_str().is_some_and(|e| e.contains("chmod 600"))),
+        "{conns:#?}"
+    );
+    assert!(
+        conns.iter().any(|c| c["end"] == "tls_required"),
+        "{conns:#?}"
+    );
+    let log = std::fs::read_to_string(w.agent.audit_path()).unwrap_or_default();
+    assert!(!log.contains("not-the-password") && !log.contains(&pg::password("app")));
+}
+
+#[test]
+fn monitor_mode_lets_refusable_statements_through_and_records_them() {
+    let Some(w) = world(
+        "monitor_mode_lets_refusable_statements_through_and_records_them",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "monitor", SQL_RULES),
+        "",
+    ) else {
+        return;
+    };
+    let (ok, out, err) = psql(
+        &w,
+        "anyone",
+        &[
+            "-c",
+            "DELETE FROM orders",
+            "-c",
+            "SELECT count(*) FROM orders",
+        ],
+        None,
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("DELETE 4"), "{out}");
+    let recs = statements(&w);
+    let del = record_for(&recs, "DELETE FROM orders");
+    assert_eq!(del["decision"], "would_deny", "{del:#}");
+    assert_eq!(del["rule"], "no-where-less", "{del:#}");
+    assert_eq!(del["outcome"], "ok", "{del:#}");
+}
+
+#[test]
+fn bytes_the_codec_does_not_understand_end_the_session_with_an_error() {
+    let Some(w) = world(
+        "bytes_the_codec_does_not_understand_end_the_session_with_an_error",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", ""),
+        "pg_max_message_bytes: 65536\n",
+    ) else {
+        return;
+    };
+    // A raw client: startup, then an unknown message type; then, on a second
+    // connection, a Query claiming 1 GiB.
+    let script = r#"
+import socket, struct, sys
+def session(payload):
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    params = b"user\0raw\0database\0app\0\0"
+    s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+    buf = b""
+    while b"Z\0\0\0\x05I" not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    s.sendall(payload)
+    out = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        out += d
+    return out
+a = session(b"?\0\0\0\x04")
+b = session(b"Q" + struct.pack("!i", 1 << 30) + b"SELECT")
+print(repr(a))
+print(repr(b))
+"#;
+    let port = w.pg.port.to_string();
+    let out = in_cgroup(&w.unit, &["python3", "-c", script, &port])
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lines[0].contains("08P01") && lines[0].contains("unexpected message type"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("08P01") && lines[1].contains("larger than the maximum of 65536"),
+        "{text}"
+    );
+    let conns = w.agent.connections(2);
+    let ends: Vec<&str> = conns.iter().filter_map(|c| c["end"].as_str()).collect();
+    assert_eq!(
+        ends.iter().filter(|e| **e == "protocol_error").count(),
+        2,
+        "{conns:#?}"
+    );
+}
+
+#[test]
+fn a_recorded_session_replays_its_statements_and_results_in_order() {
+    let Some(w) = world(
+        "a_recorded_session_replays_its_statements_and_results_in_order",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", SQL_RULES),
+        "",
+    ) else {
+        return;
+    };
+    let (_, _, err) = psql(
+        &w,
+        "anyone",
+        &[
+            "-c",
+            "SELECT id, owner FROM accounts WHERE id IN (1, 2) ORDER BY id",
+            "-c",
+            "DELETE FROM orders",
+            "-c",
+            "SELECT 'after' AS note",
+        ],
+        None,
+        &[],
+    );
+    assert!(err.contains("no-where-less"), "{err}");
+    let conns = w.agent.connections(1);
+    let c = conns
+        .iter()
+        .find(|c| c["session"]["protocol"] == "postgres")
+        .expect("postgres session");
+    let id = c["session_id"].as_str().expect("session id");
+    let dir = w.agent.state_dir.join("sessions");
+    let replay = Command::new(portcullis_tests::agent_bin())
+        .args([
+            "replay",
+            "--dir",
+            dir.to_str().expect("utf-8"),
+            "--speed",
+            "0",
+            id,
+        ])
+        .output()
+        .expect("run portcullis replay");
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let order = [
+        "SELECT id, owner FROM accounts WHERE id IN (1, 2) ORDER BY id",
+        "alice",
+        "bob",
+        "(2 rows)",
+        "DELETE FROM orders",
+        "42501",
+        "SELECT 'after' AS note",
+        "after",
+    ];
+    let mut at = 0;
+    for want in order {
+        match text[at..].find(want) {
+            Some(i) => at += i + want.len(),
+            None => panic!("replay lacks {want:?} after byte {at}:\n{text}"),
+        }
+    }
+    // The recording's hash is in the connection record and matches the file.
+    let sha = c["recording"]["sha256"].as_str().expect("recording sha256");
+    let file = c["recording"]["file"].as_str().expect("recording file");
+    let bytes = std::fs::read(file).expect("read recording");
+    use sha2::Digest;
+    let got: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, sha);
+}
+
+// ---- the SQL evasion corpus, through the real proxy and a real server -----------------------
+
+#[test]
+fn evasion_corpus_through_the_proxy_to_a_real_server() {
+    let test = "evasion_corpus_through_the_proxy_to_a_real_server";
+    let corpus_path = portcullis_tests::repo_root().join("tests/corpus/sql-evasion.yaml");
+    let corpus: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&corpus_path).expect("read the corpus"))
+            .expect("corpus is YAML");
+    let template = corpus["policy"]
+        .as_str()
+        .expect("corpus policy")
+        .to_string();
+    let target = corpus["target"]
+        .as_str()
+        .expect("corpus target")
+        .to_string();
+    let Some(w) = world(
+        test,
+        PgOpts::default(),
+        |port| {
+            template
+                .replace("{{ADDRESS}}", "127.0.0.1")
+                .replace("{{PORT}}", &port.to_string())
+                .replace("{{UID}}", "0")
+                .replace(
+                    "      protocol: postgres\n",
+                    "      protocol: postgres\n      credentials: app-db\n",
+                )
+        },
+        "",
+    ) else {
+        return;
+    };
+    // What the corpus assumes exists (a refused statement never reaches it).
+    w.pg.superuser_sql(
+        "CREATE SCHEMA private AUTHORIZATION app;
+         CREATE TABLE private.accounts (id int, balance int, owner text);
+         CREATE TABLE public.audit (id int, balance int, owner text);
+         GRANT ALL ON ALL TABLES IN SCHEMA public, private TO app;
+         CREATE FUNCTION public.f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;",
+    );
+    let cases = corpus["cases"].as_array().expect("corpus cases");
+    assert!(cases.len() >= 40, "the corpus has {} cases", cases.len());
+    // Group: cases sharing `session` run in order on one connection; others alone.
+    let mut groups: Vec<Vec<&Value>> = Vec::new();
+    let mut named: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in cases {
+        match c["session"].as_str() {
+            Some(s) => match named.get(s) {
+                Some(&i) => groups[i].push(c),
+                None => {
+                    named.insert(s.to_string(), groups.len());
+                    groups.push(vec![c]);
+                }
+            },
+            None => groups.push(vec![c]),
+        }
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pc-pgclient"));
+    let mut wrong = Vec::new();
+    for g in &groups {
+        let steps: Vec<Value> = g.iter().map(|c| json!({"try": c["sql"]})).collect();
+        let r =
+            w.pg.tokio_client(&w.unit, &bin, "app", &Value::Array(steps));
+        for (i, c) in g.iter().enumerate() {
+            let res = &r["steps"][i];
+            let refused = res["ok"] == false
+                && res["sqlstate"] == "42501"
+                && res["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("Portcullis"));
+            let expect_deny = c["expect"] == "deny";
+            let rule = c["rule"].as_str().unwrap_or("");
+            let msg = res["error"].as_str().unwrap_or("");
+            let rule_ok = !expect_deny
+                || msg.contains(&format!("rule `{rule}`"))
+                || (rule == "unparseable" && msg.contains("could not be parsed"));
+            if refused != expect_deny || !rule_ok {
+                wrong.push(format!(
+                    "{:?}: expected {} by {rule}, got {res}",
+                    c["sql"].as_str().unwrap_or(""),
+                    c["expect"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} corpus cases decided otherwise through the proxy (target {target}):\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
