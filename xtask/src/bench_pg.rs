@@ -564,6 +564,18 @@ pub fn bench_pg(args: &[String]) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    const L4_EVENTS: [&str; 5] = [
+        "agent_start",
+        "audit_key_created",
+        "checkpoint",
+        "connection",
+        "connection_start",
+    ];
+    if o.protocol == "postgres" && events.keys().all(|e| L4_EVENTS.contains(&e.as_str())) {
+        println!(
+            "NOTE: the agent accepted `protocol: postgres` but wrote only connection-level records: it relayed these sessions at L4, so this run measures the L4 relay"
+        );
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "load average (1 min) before / after: {load_before:.1} / {load_after:.1} on {cores} cores"
