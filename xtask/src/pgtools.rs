@@ -1,13 +1,48 @@
-//! PostgreSQL-side tools the tests and the pg benchmark need beyond the server:
-//! a Python venv with psycopg 3 (for tests/clients/pg_client.py) and pgbouncer.
+//! PostgreSQL-side tools the tests and the pg benchmark need: the server and its
+//! clients, the openssl CLI (test certificates), pgbouncer (the benchmark's peer)
+//! and a Python venv with psycopg 3 (for tests/clients/pg_client.py).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup::apt_install;
-use crate::util::{run, target_dir};
+use crate::setup::{apt_install, postgres_bin};
+use crate::util::{is_root, run, target_dir};
+
+/// What `cargo xtask setup` makes sure of for PostgreSQL work; returns what it
+/// installed. Without root, missing Debian packages are reported, not fatal (the
+/// tests that need them say so when they run).
+pub fn ensure() -> Result<Vec<&'static str>> {
+    let mut did = Vec::new();
+    let have_pg = std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|mut rd| {
+        rd.any(|e| e.is_ok_and(|e| e.path().join("bin").join("initdb").exists()))
+    });
+    let have_bouncer = Path::new("/usr/sbin/pgbouncer").exists();
+    let have_openssl = Path::new("/usr/bin/openssl").exists();
+    if is_root() {
+        if !have_pg {
+            postgres_bin()?;
+            did.push("PostgreSQL");
+        }
+        if !have_bouncer {
+            pgbouncer_bin()?;
+            did.push("pgbouncer");
+        }
+        if !have_openssl {
+            apt_install(&["openssl"]).context("installing the openssl CLI")?;
+            did.push("openssl");
+        }
+    } else if !(have_pg && have_bouncer && have_openssl) {
+        println!(
+            "setup: not root: PostgreSQL, pgbouncer or openssl is missing (run `cargo xtask setup` as root)"
+        );
+    }
+    if python_env()? {
+        did.push("psycopg venv");
+    }
+    Ok(did)
+}
 
 /// The venv the tests run psycopg from: `<target>/pyenv` (tests/src/pg.rs looks
 /// for it in the same place).

@@ -142,12 +142,10 @@ pub fn setup() -> Result<()> {
             did.push("bpf-linker");
         }
     }
-    if crate::pgtools::python_env()? {
-        did.push("psycopg venv");
-    }
+    did.extend(crate::pgtools::ensure()?);
     if did.is_empty() {
         println!(
-            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, psycopg venv) in {} ms",
+            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv) in {} ms",
             t0.elapsed().as_millis()
         );
     } else {
