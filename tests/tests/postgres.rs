@@ -41,7 +41,7 @@ struct Env {
     agent: Agent,
     pg: PgServer,
     unit: PathBuf,
-    _cg: TestCgroup,
+    cg: TestCgroup,
 }
 
 fn env(test: &str, opts: PgOpts) -> Option<Env> {
@@ -63,7 +63,7 @@ fn env(test: &str, opts: PgOpts) -> Option<Env> {
         agent,
         pg,
         unit,
-        _cg: cg,
+        cg,
     })
 }
 
@@ -401,4 +401,37 @@ fn tls_to_a_hostssl_only_server_through_the_agent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_all_through_agent(&e, 2, "/psql");
+}
+
+#[test]
+fn psql_from_a_workload_the_policy_does_not_name_is_refused_before_the_server() {
+    let Some(e) = env(
+        "psql_from_a_workload_the_policy_does_not_name_is_refused_before_the_server",
+        PgOpts::default(),
+    ) else {
+        return;
+    };
+    let other = e.cg.unit("other");
+    let out = e.pg.psql(&other, &["-c", "SELECT 1"], None);
+    assert!(
+        !out.ok(),
+        "a workload no rule allows reached the database: {out:?}"
+    );
+    let recs = e.agent.connections(1);
+    let rec = recs
+        .iter()
+        .find(|r| r["attribution"]["unit"] == "other.service")
+        .unwrap_or_else(|| panic!("no record of the refused session: {recs:#?}"));
+    assert_eq!(rec["decision"], "deny", "{rec:#}");
+    assert_eq!(rec["rule"], "default-deny", "{rec:#}");
+    assert_eq!(
+        e.pg.tcp_connections_received(),
+        0,
+        "the server saw the refused session; log:\n{}",
+        e.pg.log()
+    );
+    // The allowed unit still gets through.
+    e.pg.psql(&e.unit, &["-c", "SELECT 1"], None)
+        .assert_ok("psql from the allowed unit");
+    assert_eq!(e.pg.tcp_connections_received(), 1);
 }

@@ -121,7 +121,9 @@ pub fn bench(name: Option<&str>) -> Result<()> {
             audit()?;
             datapath()
         }
-        other => bail!("unknown benchmark `{other}` (available: datapath, policy, audit, all)"),
+        other => {
+            bail!("unknown benchmark `{other}` (available: datapath, policy, audit, all; and `pg`)")
+        }
     }
 }
 

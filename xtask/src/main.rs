@@ -4,7 +4,9 @@
 //! under a second when everything is present).
 
 mod bench;
+mod bench_pg;
 mod demo;
+mod pgtools;
 mod setup;
 mod util;
 
@@ -22,6 +24,8 @@ commands:
   test             run every test tier: lint, unit, policies, privileged end-to-end, demo smoke
   demo [--smoke]   throwaway PostgreSQL + the agent at the cgroup v2 root + a short workload
   bench [NAME]     benchmarks printing ratios (NAME: datapath, policy, audit; default all)
+  bench pg [--protocol tcp|postgres] [--rounds N] [--secs S] [--clients 1,8,32] [--scale N]
+                   pgbench -S: direct vs pgbouncer vs the agent (root)
   install          build release and install binary, unit file and config (as root)
   sweep            remove pins and cgroups left by crashed test runs";
 
@@ -51,7 +55,10 @@ fn dispatch(args: &[String]) -> Result<()> {
         }
         "test" => test(),
         "demo" => demo::demo(rest.iter().any(|r| r == "--smoke")),
-        "bench" => bench::bench(rest.first().map(String::as_str)),
+        "bench" => match rest.first().map(String::as_str) {
+            Some("pg") => bench_pg::bench_pg(&rest[1..]),
+            name => bench::bench(name),
+        },
         "install" => install(),
         "sweep" => {
             util::sweep_test_leftovers();

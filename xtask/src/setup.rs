@@ -50,7 +50,7 @@ fn bpf_linker_llvm() -> Option<u32> {
         .max()
 }
 
-fn apt_install(pkgs: &[&str]) -> Result<()> {
+pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     if !is_root() {
         bail!(
             "missing Debian packages {pkgs:?}: run `apt-get install {}` as root",
@@ -142,9 +142,10 @@ pub fn setup() -> Result<()> {
             did.push("bpf-linker");
         }
     }
+    did.extend(crate::pgtools::ensure()?);
     if did.is_empty() {
         println!(
-            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker) in {} ms",
+            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv) in {} ms",
             t0.elapsed().as_millis()
         );
     } else {

@@ -24,6 +24,8 @@
 //! "error": .., "sqlstate": .., "steps": [results so far]} (exit status 1). Exit status 2
 //! for bad arguments.
 
+#![forbid(unsafe_code)]
+
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
