@@ -17,11 +17,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -928,8 +928,6 @@ struct Session<'a> {
     upstream_user: String,
     database: String,
     track: Mutex<Track>,
-    last_activity_ms: AtomicU64,
-    t0: Instant,
 }
 
 async fn relay(
@@ -952,91 +950,14 @@ async fn relay(
             statements: 0,
             denied: 0,
         }),
-        last_activity_ms: AtomicU64::new(0),
-        t0: Instant::now(),
     };
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
-    let up_bytes = AtomicU64::new(0);
-    let down_bytes = AtomicU64::new(0);
-    let idle = match sess.ctx.shared.cfg.idle_timeout_secs {
-        0 => None,
-        s => Some(Duration::from_secs(s)),
-    };
-    let watchdog = async {
-        let Some(idle) = idle else {
-            return std::future::pending::<()>().await;
-        };
-        loop {
-            tokio::time::sleep(idle / 4 + Duration::from_millis(1)).await;
-            let last = sess.last_activity_ms.load(Ordering::Relaxed);
-            if sess
-                .t0
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last))
-                >= idle
-            {
-                return;
-            }
-        }
-    };
-    let res: Result<(), String> = {
-        let a = sess.client_to_upstream(&mut cr, &mut uw, &up_bytes);
-        let b = sess.upstream_to_client(&mut ur, &mut cw, &down_bytes);
-        tokio::pin!(a, b, watchdog);
-        let mut a_done = false;
-        loop {
-            tokio::select! {
-                r = &mut a, if !a_done => match r {
-                    Ok(end) => {
-                        a_done = true;
-                        sum.end = end;
-                    }
-                    Err(e) => {
-                        sum.end = "error";
-                        break Err(e);
-                    }
-                },
-                r = &mut b => {
-                    if let Err(e) = r {
-                        if !a_done {
-                            sum.end = "error";
-                        }
-                        break Err(e);
-                    }
-                    if !a_done {
-                        sum.end = "upstream_closed";
-                    }
-                    break Ok(());
-                }
-                _ = &mut watchdog => {
-                    sum.end = "idle_timeout";
-                    break Ok(());
-                }
-            }
-        }
-    };
-    if let Err(e) = &res {
-        if e.starts_with(CLIENT_VIOLATION) {
-            // Bytes the codec does not understand end the session, and the
-            // client is told why.
-            sum.end = "protocol_error";
-            let mut out = BytesMut::new();
-            codec::error_response(
-                &mut out,
-                "FATAL",
-                "08P01",
-                &format!("Portcullis: {e}; the session is closed"),
-            );
-            let _ = send(&mut cw, &mut out).await;
-            let _ = cw.shutdown().await;
-        }
-    }
+    let (res, up, down, end) = sess.pump(client, upstream).await;
     let t = sess.track.into_inner().unwrap_or_else(|p| p.into_inner());
     sum.statements = t.statements;
     sum.denied = t.denied;
-    sum.bytes_client_to_upstream = up_bytes.load(Ordering::Relaxed);
-    sum.bytes_upstream_to_client = down_bytes.load(Ordering::Relaxed);
+    sum.bytes_client_to_upstream = up;
+    sum.bytes_upstream_to_client = down;
+    sum.end = end;
     // The recorder goes back to the context, which finishes it.
     ctx.recorder = t.recorder;
     res
@@ -1087,11 +1008,6 @@ fn lock(m: &Mutex<Track>) -> std::sync::MutexGuard<'_, Track> {
 }
 
 impl Session<'_> {
-    fn touch(&self) {
-        self.last_activity_ms
-            .store(self.t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
     /// Decides one statement with the policy in force now (a reload applies to
     /// the next statement of open sessions too).
     fn decide(&self, facts: Option<&StatementFacts>) -> (Decision, Arc<str>) {
@@ -1343,71 +1259,189 @@ impl Session<'_> {
         self.audit(&run.stmt, outcome, rows, Some(run.started.elapsed()), err);
     }
 
-    // ---- client → server --------------------------------------------------------------
+    // ---- the session loop -----------------------------------------------------------------
 
-    async fn client_to_upstream<R, W>(
+    /// Moves messages both ways in one task: reads from either side while the
+    /// bytes waiting for the other side stay under a bound, writes whatever is
+    /// waiting. One task means no wake-up hand-over between directions; the bound
+    /// means neither side can make the agent buffer without limit.
+    /// Returns (result, bytes to the server, bytes to the client, how it ended).
+    async fn pump(
         &self,
-        r: &mut R,
-        w: &mut W,
-        bytes: &AtomicU64,
-    ) -> Result<&'static str, String>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+        client: Stream,
+        upstream: Stream,
+    ) -> (Result<(), String>, u64, u64, &'static str) {
+        const HIGH: usize = 256 * 1024;
         let max = self.ctx.shared.cfg.pg_max_message_bytes;
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut out = BytesMut::with_capacity(16 * 1024);
+        let idle = match self.ctx.shared.cfg.idle_timeout_secs {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut ur, mut uw) = tokio::io::split(upstream);
+        let mut cbuf = BytesMut::with_capacity(16 * 1024);
+        let mut ubuf = BytesMut::with_capacity(16 * 1024);
+        let mut to_up = BytesMut::with_capacity(16 * 1024);
+        let mut to_client = BytesMut::with_capacity(16 * 1024);
+        let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
+        // The client stopped sending (Terminate or EOF): finish writing to the
+        // server, then half-close it and wait for the server to close.
+        let mut client_done: Option<&'static str> = None;
+        let mut up_shut = false;
+        let mut last = Instant::now();
+        let fatal = |to_client: &mut BytesMut, msg: &str| {
+            codec::error_response(
+                to_client,
+                "FATAL",
+                "08P01",
+                &format!("Portcullis: {msg}; the session is closed"),
+            );
+        };
+        let result: Result<(), String>;
+        let end: &'static str;
         loop {
-            let mut ended = None;
+            // Complete messages in, decided and translated out.
+            if client_done.is_none() {
+                loop {
+                    match codec::try_frame(&mut cbuf, max) {
+                        Ok(Some(f)) => match self.on_client_frame(&f, &mut to_up) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                client_done = Some("terminated");
+                                break;
+                            }
+                            Err(e) => {
+                                let msg = self.protocol_violation(e);
+                                fatal(&mut to_client, &msg);
+                                let _ = cw.write_all(&to_client).await;
+                                let _ = cw.shutdown().await;
+                                return (
+                                    Err(msg),
+                                    up_bytes,
+                                    down_bytes + to_client.len() as u64,
+                                    "protocol_error",
+                                );
+                            }
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            let msg = self.protocol_violation(e);
+                            fatal(&mut to_client, &msg);
+                            let _ = cw.write_all(&to_client).await;
+                            let _ = cw.shutdown().await;
+                            return (
+                                Err(msg),
+                                up_bytes,
+                                down_bytes + to_client.len() as u64,
+                                "protocol_error",
+                            );
+                        }
+                    }
+                }
+            }
             loop {
-                let f = match codec::try_frame(&mut buf, max) {
-                    Ok(Some(f)) => f,
+                match codec::try_frame(&mut ubuf, max) {
+                    Ok(Some(f)) => {
+                        if let Err(e) = self.on_server_frame(f, &mut to_client) {
+                            fatal(
+                                &mut to_client,
+                                "the server sent bytes the agent does not understand",
+                            );
+                            let _ = cw.write_all(&to_client).await;
+                            let _ = cw.shutdown().await;
+                            return (Err(e), up_bytes, down_bytes, "error");
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
-                        send(w, &mut out)
-                            .await
-                            .map_err(|e| format!("write to server: {e}"))?;
-                        return Err(self.protocol_violation(e).await);
+                        fatal(
+                            &mut to_client,
+                            "the server sent bytes the agent does not understand",
+                        );
+                        let _ = cw.write_all(&to_client).await;
+                        let _ = cw.shutdown().await;
+                        return (
+                            Err(format!("protocol violation from the server: {e}")),
+                            up_bytes,
+                            down_bytes,
+                            "error",
+                        );
                     }
-                };
-                match self.on_client_frame(&f, &mut out) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        ended = Some("terminated");
-                        break;
+                }
+            }
+            if client_done.is_some() && to_up.is_empty() && !up_shut {
+                let _ = uw.shutdown().await;
+                up_shut = true;
+            }
+            let deadline = idle.map(|d| last + d);
+            tokio::select! {
+                biased;
+                r = uw.write(&to_up), if !to_up.is_empty() => match r {
+                    Ok(n) => {
+                        to_up.advance(n);
+                        up_bytes += n as u64;
                     }
                     Err(e) => {
-                        send(w, &mut out)
-                            .await
-                            .map_err(|e| format!("write to server: {e}"))?;
-                        return Err(self.protocol_violation(e).await);
+                        result = Err(format!("write to server: {e}"));
+                        end = "error";
+                        break;
                     }
+                },
+                r = cw.write(&to_client), if !to_client.is_empty() => match r {
+                    Ok(n) => {
+                        to_client.advance(n);
+                        down_bytes += n as u64;
+                    }
+                    Err(e) => {
+                        result = Err(format!("write to client: {e}"));
+                        end = "error";
+                        break;
+                    }
+                },
+                r = cr.read_buf(&mut cbuf), if client_done.is_none() && to_up.len() < HIGH => match r {
+                    Ok(0) => client_done = Some("closed"),
+                    Ok(_) => last = Instant::now(),
+                    Err(e) => {
+                        result = Err(format!("read from client: {e}"));
+                        end = "error";
+                        break;
+                    }
+                },
+                r = ur.read_buf(&mut ubuf), if to_client.len() < HIGH => match r {
+                    Ok(0) => {
+                        // The server closed: pass on what is left, then close.
+                        let _ = cw.write_all(&to_client).await;
+                        down_bytes += to_client.len() as u64;
+                        let _ = cw.shutdown().await;
+                        result = Ok(());
+                        end = client_done.unwrap_or("upstream_closed");
+                        break;
+                    }
+                    Ok(_) => last = Instant::now(),
+                    Err(e) => {
+                        result = Err(format!("read from server: {e}"));
+                        end = "error";
+                        break;
+                    }
+                },
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    result = Ok(());
+                    end = "idle_timeout";
+                    break;
                 }
-            }
-            bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
-            send(w, &mut out)
-                .await
-                .map_err(|e| format!("write to server: {e}"))?;
-            if let Some(end) = ended {
-                let _ = w.shutdown().await;
-                return Ok(end);
-            }
-            match fill(r, &mut buf).await {
-                Ok(true) => self.touch(),
-                Ok(false) => {
-                    let _ = w.shutdown().await;
-                    return Ok("closed");
-                }
-                Err(e) => return Err(format!("read from client: {e}")),
             }
         }
+        (result, up_bytes, down_bytes, end)
     }
 
     /// Bytes the codec does not understand end the session: the recording and
-    /// the connection record say why, and `relay` tells the client (its writer
-    /// belongs to the other direction).
-    async fn protocol_violation(&self, e: CodecError) -> String {
+    /// the connection record say why; the caller tells the client.
+    fn protocol_violation(&self, e: CodecError) -> String {
         let msg = format!("{CLIENT_VIOLATION}: {e}");
         if let Some(r) = lock(&self.track).recorder.as_mut() {
             r.event(
@@ -1638,62 +1672,6 @@ impl Session<'_> {
             }
         }
         Ok(true)
-    }
-
-    // ---- server → client --------------------------------------------------------------
-
-    async fn upstream_to_client<R, W>(
-        &self,
-        r: &mut R,
-        w: &mut W,
-        bytes: &AtomicU64,
-    ) -> Result<(), String>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let max = self.ctx.shared.cfg.pg_max_message_bytes;
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut out = BytesMut::with_capacity(16 * 1024);
-        loop {
-            loop {
-                let f = match codec::try_frame(&mut buf, max) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => {
-                        codec::error_response(
-                            &mut out,
-                            "FATAL",
-                            "08P01",
-                            &format!(
-                                "Portcullis: the server sent bytes the agent does not understand ({e}); the session is closed"
-                            ),
-                        );
-                        let _ = send(w, &mut out).await;
-                        return Err(format!("protocol violation from the server: {e}"));
-                    }
-                };
-                self.on_server_frame(f, &mut out)?;
-                if out.len() >= 64 * 1024 {
-                    bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
-                    send(w, &mut out)
-                        .await
-                        .map_err(|e| format!("write to client: {e}"))?;
-                }
-            }
-            bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
-            send(w, &mut out)
-                .await
-                .map_err(|e| format!("write to client: {e}"))?;
-            match fill(r, &mut buf).await {
-                Ok(true) => self.touch(),
-                Ok(false) => {
-                    let _ = w.shutdown().await;
-                    return Ok(());
-                }
-                Err(e) => return Err(format!("read from server: {e}")),
-            }
-        }
     }
 
     fn on_server_frame(&self, f: Frame, out: &mut BytesMut) -> Result<(), String> {
