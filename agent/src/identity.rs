@@ -294,7 +294,7 @@ pub fn resolve_with(
             let args: Vec<String> = raw
                 .split(|b| *b == 0)
                 .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .map(|s| redact_arg(&String::from_utf8_lossy(s)))
                 .collect();
             if !args.is_empty() {
                 a.cmdline = Some(args);
@@ -324,6 +324,51 @@ fn proc_cgroup_v2(path: &Path) -> Option<String> {
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// A command-line argument as the audit log may keep it: secrets clients put on
+/// their command line (`password=` in a libpq connection string, the password of
+/// a `scheme://user:password@host` URL, `--password=...`) replaced by `****`.
+pub fn redact_arg(arg: &str) -> String {
+    let mut out = arg.to_string();
+    // key=value pairs: password=..., PGPASSWORD=..., --password=..., sslpassword=...
+    let lower = out.to_ascii_lowercase();
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("password=") {
+        let start = from + i + "password=".len();
+        let rest = &out[start..];
+        let end = if let Some(q) = rest.strip_prefix('\'') {
+            q.find('\'').map_or(out.len(), |e| start + 1 + e + 1)
+        } else {
+            rest.find([' ', '&', ';']).map_or(out.len(), |e| start + e)
+        };
+        spans.push((start, end));
+        from = end.max(start);
+        if from >= out.len() {
+            break;
+        }
+    }
+    // URL user info: scheme://user:password@host
+    if let Some(scheme) = out.find("://") {
+        let auth_start = scheme + 3;
+        let auth_end = out[auth_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |e| auth_start + e);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = &out[auth_start..auth_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                spans.push((auth_start + colon + 1, auth_start + at));
+            }
+        }
+    }
+    spans.sort();
+    for (s, e) in spans.into_iter().rev() {
+        if s < e && e <= out.len() {
+            out.replace_range(s..e, "****");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -423,5 +468,22 @@ mod tests {
         let a = resolve(&conn, Some(later), &cg);
         assert!(a.exec_changed);
         assert!(a.exe.is_none() && a.cmdline.is_none(), "{a:?}");
+    }
+
+    #[test]
+    fn secrets_on_command_lines_are_redacted() {
+        assert_eq!(
+            redact_arg("host=db port=5432 user=app password=s3cret dbname=x"),
+            "host=db port=5432 user=app password=**** dbname=x"
+        );
+        assert_eq!(redact_arg("password='a b c' user=u"), "password=**** user=u");
+        assert_eq!(
+            redact_arg("postgresql://app:s3cret@db:5432/app?sslmode=require"),
+            "postgresql://app:****@db:5432/app?sslmode=require"
+        );
+        assert_eq!(redact_arg("--password=hunter2"), "--password=****");
+        assert_eq!(redact_arg("PGPASSWORD=x"), "PGPASSWORD=****");
+        assert_eq!(redact_arg("postgresql://app@db/app"), "postgresql://app@db/app");
+        assert_eq!(redact_arg("select 1"), "select 1");
     }
 }
