@@ -239,3 +239,106 @@ fn exports_in_agent_yaml_with_defaults_and_clear_errors() {
     .expect_err("typo");
     assert!(err.to_string().contains("adress"), "{err}");
 }
+
+#[test]
+fn a_sink_behind_retention_records_the_gap_and_exports_the_rest() {
+    use super::Exports;
+    use super::config::{ExportSink, SyslogSink, SyslogTransport};
+    let tmp = TempDir::new("export-sink-gap");
+    let state = tmp.0.clone();
+    let dir = state.join("audit");
+    let log = AuditLog::open_with(&dir, 4096, AuditSync::None, opts(64 * 1024, 192 * 1024))
+        .expect("open");
+    write(&log, 0, 2000);
+    let oldest = segments::list(&dir).expect("list")[0].first_seq;
+    // The sink had exported up to seq 9 before the outage.
+    std::fs::create_dir_all(state.join("export")).expect("mkdir");
+    store_cursor(
+        &cursor_path(&state.join("export"), "s"),
+        &Cursor {
+            sink: "s".into(),
+            seq: 9,
+            event_id: String::new(),
+            updated: String::new(),
+        },
+    )
+    .expect("cursor");
+    let collector = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    collector
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let port = collector.local_addr().expect("addr").port();
+    let sink = ExportSink {
+        name: "s".into(),
+        format: super::ExportFormat::Json,
+        syslog: Some(SyslogSink {
+            transport: SyslogTransport::Udp,
+            address: format!("127.0.0.1:{port}"),
+            facility: "local3".into(),
+            resend_secs: 10,
+        }),
+        http: None,
+        batch: 100,
+        backoff_max_ms: 1000,
+    };
+    let exports = Exports::start(&[sink], &state, &log).expect("start");
+    let mut got = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; 70_000];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(n) = collector.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(m.starts_with("<15"), "local3 (19*8=152): {m}");
+            let seq: u64 = m
+                .split("seq=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .and_then(|s| s.parse().ok())
+                .expect("seq in SD");
+            got.insert(seq);
+        }
+        let st = exports.status();
+        let s = &st[0];
+        if s["gap_records"].as_u64() > Some(0)
+            && s["exported_seq"].as_u64() >= log.head_seq()
+            && s["lag_records"] == 0
+        {
+            assert_eq!(s["gap_records"].as_u64(), Some(oldest - 10), "{s}");
+            assert!(
+                s["last_gap"]
+                    .as_str()
+                    .is_some_and(|g| g.contains("seq 10..=")),
+                "{s}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not caught up: {s}");
+    }
+    // The gap is in the log itself.
+    assert!(log.flush(Duration::from_secs(5)));
+    let mut all = LogReader::new(&dir, None);
+    let mut found = None;
+    loop {
+        let b = all.read(1000).expect("read");
+        if b.records.is_empty() {
+            break;
+        }
+        if let Some(r) = b.records.iter().find(|r| r.event() == super::GAP_EVENT) {
+            found = Some(r.value.clone());
+        }
+    }
+    let found = found.expect("an export_gap record");
+    assert_eq!(
+        (
+            found["sink"].as_str(),
+            found["missing_first_seq"].as_u64(),
+            found["missing_last_seq"].as_u64()
+        ),
+        (Some("s"), Some(10), Some(oldest - 1)),
+        "{found}"
+    );
+    assert!(
+        got.contains(&oldest),
+        "export resumed at the oldest record kept"
+    );
+}
