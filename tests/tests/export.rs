@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::siem::{HttpCollector, Rsyslog, log_records, rsyslog_available};
+use portcullis_tests::siem::{
+    HttpCollector, HttpsCollector, Rsyslog, log_records, private_ca, rsyslog_available,
+};
 use portcullis_tests::{
     Agent, AgentOpts, Reply, Server, TempDir, TestCgroup, client, client_py, in_cgroup, policy,
     privileged,
@@ -555,5 +557,62 @@ fn export_rate_per_transport() {
         got.len() as u64 >= RECORDS,
         "HTTP got {} distinct records",
         got.len()
+    );
+}
+
+#[test]
+fn https_sink_trusts_its_private_ca_and_no_other_certificate() {
+    if !privileged("https_sink_trusts_its_private_ca_and_no_other_certificate") {
+        return;
+    }
+    let scratch = TempDir::new("portcullis-test-export-tls");
+    let (ca, cert, key) = private_ca(&scratch.0);
+    let https = HttpsCollector::start(&cert, &key, &scratch.0.join("bodies"));
+    let cg = TestCgroup::new();
+    let server = Server::start("127.0.0.1:0", Reply::Echo, None);
+    let exports = format!(
+        "exports:\n\
+         - name: private\n  format: ocsf\n  http: {{ url: \"{url}\", ca_file: {} }}\n\
+         - name: public\n  backoff_max_ms: 500\n  http: {{ url: \"{url}\" }}\n",
+        ca.display(),
+        url = https.url(),
+    );
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY),
+        AgentOpts {
+            extra_config: exports,
+            ..AgentOpts::default()
+        },
+    );
+    let unit = cg.unit("client");
+    let r = client(
+        &unit,
+        &["concurrent", "127.0.0.1", &server.port().to_string(), "10"],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(agent.connections(10).len() >= 10);
+    let h = head(&agent);
+    wait_exported(&agent, &["private"], h);
+    let got: BTreeSet<String> = https
+        .records()
+        .iter()
+        .filter_map(|e| e["metadata"]["uid"].as_str().map(str::to_string))
+        .collect();
+    for (seq, rec) in expected(&agent, h) {
+        assert!(
+            got.contains(rec["event_id"].as_str().unwrap_or("")),
+            "seq {seq} not received over HTTPS"
+        );
+    }
+    // The sink without the CA refuses the collector's certificate.
+    let public = wait_status(&agent, "public", "a certificate failure", |s| {
+        s["failing"] == true && s["last_error"].is_string()
+    });
+    assert_eq!(public["exported_seq"], Value::Null, "{public}");
+    let err = public["last_error"].as_str().unwrap_or("");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
     );
 }

@@ -93,6 +93,10 @@ pub struct HttpSink {
     /// Per-request timeout, milliseconds. Default 10000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// PEM file of the CA certificate(s) to trust for an `https://` URL instead
+    /// of the public roots (a private collector's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

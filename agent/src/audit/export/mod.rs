@@ -92,6 +92,9 @@ pub struct SinkStatus {
     /// Records the sink could not export because they were gone from the log.
     pub gap_records: u64,
     pub last_gap: Option<String>,
+    /// `time` (µs since the epoch) of the oldest record read and not exported yet.
+    #[serde(skip)]
+    oldest_pending_us: Option<i64>,
 }
 
 struct Sink {
@@ -176,9 +179,10 @@ impl Exports {
                 }
                 let next = st.exported_seq.map_or(0, |s| s + 1);
                 st.lag_records = st.head_seq.map_or(0, |h| (h + 1).saturating_sub(next));
-                if st.lag_records == 0 {
-                    st.lag_secs = 0.0;
-                }
+                st.lag_secs = match st.oldest_pending_us {
+                    Some(t) if st.lag_records > 0 => (now_us() - t).max(0) as f64 / 1e6,
+                    _ => 0.0,
+                };
                 st
             })
             .collect();
@@ -186,12 +190,11 @@ impl Exports {
     }
 }
 
-fn secs_since(rfc3339: &str) -> f64 {
-    let now = SystemTime::now()
+fn now_us() -> i64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    cli::parse_rfc3339_micros(rfc3339).map_or(0.0, |t| (now - t).max(0) as f64 / 1e6)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Sink {
@@ -241,15 +244,11 @@ impl Sink {
                         self.store(&c);
                         cursor_written = Instant::now();
                     }
-                    self.update(|s| s.lag_secs = 0.0);
+                    self.update(|s| s.oldest_pending_us = None);
                     std::thread::sleep(POLL);
                     continue;
                 }
             }
-            let oldest = pending
-                .first()
-                .map(|r| r.time().to_string())
-                .unwrap_or_default();
             match self.transport.send(&pending, &payloads) {
                 Ok(()) => {
                     let Some(last) = pending.last() else { continue };
@@ -266,7 +265,7 @@ impl Sink {
                         s.exported += n;
                         s.failing = false;
                         s.last_success_at = Some(c.updated.clone());
-                        s.lag_secs = 0.0;
+                        s.oldest_pending_us = None;
                     });
                     if let Some(since) = failing_since.take() {
                         let _ = self.audit.record(
@@ -297,13 +296,11 @@ impl Sink {
                 Err(e) => {
                     failing_since.get_or_insert_with(Instant::now);
                     failures_in_outage += 1;
-                    let lag = secs_since(&oldest);
                     self.update(|s| {
                         s.failures += 1;
                         s.failing = true;
                         s.last_error = Some(e.message.clone());
                         s.last_error_at = Some(now_rfc3339());
-                        s.lag_secs = lag;
                     });
                     if last_failure_record.is_none_or(|t| t.elapsed() >= FAILURE_RECORD_EVERY) {
                         tracing::warn!(sink = %self.cfg.name, error = %e.message, "audit export failed; retrying with back-off");
