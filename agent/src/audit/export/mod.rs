@@ -135,7 +135,11 @@ impl Exports {
             };
             let cursor_path = reader::cursor_path(&export_dir, &cfg.name);
             let start = match reader::load_cursor(&cursor_path) {
-                Ok(c) => c.map(|c| c.seq + 1),
+                Ok(Some(c)) => Some(c.seq + 1),
+                Ok(None) => match cfg.start {
+                    config::StartAt::Oldest => None,
+                    config::StartAt::Now => Some(audit.head_seq().map_or(0, |h| h + 1)),
+                },
                 Err(e) => {
                     tracing::warn!(sink = %cfg.name, error = %e, "export cursor unreadable; exporting again from the oldest record (duplicates, nothing lost)");
                     None

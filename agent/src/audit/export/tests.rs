@@ -198,6 +198,13 @@ fn exports_in_agent_yaml_with_defaults_and_clear_errors() {
         c.exports[1].http.as_ref().map(|h| h.timeout_ms),
         Some(10_000)
     );
+    assert_eq!(c.exports[0].start, super::config::StartAt::Oldest);
+    let now = AgentConfig::parse(
+        Path::new("a.yaml"),
+        "exports:\n  - name: n\n    start: now\n    http: { url: \"http://h/\" }\n",
+    )
+    .expect("start: now");
+    assert_eq!(now.exports[0].start, super::config::StartAt::Now);
     for (bad, setting) in [
         (
             "exports:\n  - name: a b\n    syslog: { transport: udp, address: \"h:1\" }\n",
@@ -277,6 +284,7 @@ fn a_sink_behind_retention_records_the_gap_and_exports_the_rest() {
             facility: "local3".into(),
             resend_secs: 10,
         }),
+        start: super::config::StartAt::Oldest,
         http: None,
         batch: 100,
         backoff_max_ms: 1000,
