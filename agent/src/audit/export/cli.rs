@@ -242,15 +242,7 @@ fn file_records(path: &Path) -> anyhow::Result<Vec<Record>> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text
         .lines()
-        .filter_map(|l| {
-            let value: serde_json::Value = serde_json::from_str(l).ok()?;
-            let seq = value.get("seq")?.as_u64()?;
-            Some(Record {
-                seq,
-                line: l.to_string(),
-                value,
-            })
-        })
+        .filter_map(|l| Record::parse(l.to_string()))
         .collect())
 }
 

@@ -66,7 +66,7 @@ pub trait Transport: Send {
 pub fn payload(rec: &Record, format: ExportFormat) -> String {
     match format {
         ExportFormat::Json => rec.line.clone(),
-        ExportFormat::Ocsf => ocsf::map(&rec.value).to_string(),
+        ExportFormat::Ocsf => ocsf::map(&rec.value()).to_string(),
     }
 }
 

@@ -16,32 +16,68 @@ use serde_json::Value;
 
 use crate::audit::segments;
 
+/// The fields of a record the exporter needs for every record (the syslog
+/// header, severity, filters), read without building the whole JSON tree.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Meta {
+    pub seq: u64,
+    #[serde(default)]
+    pub event: String,
+    #[serde(default)]
+    pub event_id: String,
+    #[serde(default)]
+    pub time: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// Present and not null.
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+impl Meta {
+    pub fn has_error(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
 /// One record of the log.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub seq: u64,
     /// The line as written (without its newline): the record whose hash verifies.
     pub line: String,
-    pub value: Value,
+    pub meta: Meta,
 }
 
 impl Record {
+    /// A record from one line of the log; `None` for a line that is not a
+    /// JSON object with a `seq` (a torn line, a damaged one).
+    pub fn parse(line: String) -> Option<Self> {
+        let meta: Meta = serde_json::from_str(&line).ok()?;
+        Some(Self {
+            seq: meta.seq,
+            line,
+            meta,
+        })
+    }
+
+    /// The whole record as a JSON value (parsed again: only OCSF needs it).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.line).unwrap_or(Value::Null)
+    }
+
     pub fn event(&self) -> &str {
-        self.value
-            .get("event")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        &self.meta.event
     }
 
     pub fn event_id(&self) -> &str {
-        self.value
-            .get("event_id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        &self.meta.event_id
     }
 
     pub fn time(&self) -> &str {
-        self.value.get("time").and_then(Value::as_str).unwrap_or("")
+        &self.meta.time
     }
 }
 
@@ -125,12 +161,10 @@ impl LogReader {
                 }
                 cur.pos += n as u64;
                 let text = String::from_utf8_lossy(&line[..n - 1]).into_owned();
-                let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                let Some(rec) = Record::parse(text) else {
                     continue; // a torn line left by a crash: not a record
                 };
-                let Some(seq) = value.get("seq").and_then(Value::as_u64) else {
-                    continue;
-                };
+                let seq = rec.seq;
                 cur.first_seq.get_or_insert(seq);
                 match self.next_seq {
                     Some(want) if seq < want => continue,
@@ -141,11 +175,7 @@ impl LogReader {
                     _ => {}
                 }
                 self.next_seq = Some(seq + 1);
-                out.records.push(Record {
-                    seq,
-                    line: text,
-                    value,
-                });
+                out.records.push(rec);
             }
             if !at_end {
                 break;

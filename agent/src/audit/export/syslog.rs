@@ -39,10 +39,8 @@ pub enum Severity {
 
 /// Severity of a record: errors and failures `err`, denials and bypass
 /// attempts `warning`, lifecycle changes `notice`, allowed access `info`.
-pub fn severity(rec: &Value) -> Severity {
-    let event = rec.get("event").and_then(Value::as_str).unwrap_or("");
-    let decision = rec.get("decision").and_then(Value::as_str).unwrap_or("");
-    let has_error = rec.get("error").is_some_and(|e| !e.is_null());
+pub fn severity_of(event: &str, decision: Option<&str>, has_error: bool) -> Severity {
+    let decision = decision.unwrap_or("");
     if event.ends_with("_failure")
         || event.ends_with("_reject")
         || event == "export_gap"
@@ -65,6 +63,15 @@ pub fn severity(rec: &Value) -> Severity {
     } else {
         Severity::Info
     }
+}
+
+/// [`severity_of`] a record as a JSON value.
+pub fn severity(rec: &Value) -> Severity {
+    severity_of(
+        rec.get("event").and_then(Value::as_str).unwrap_or(""),
+        rec.get("decision").and_then(Value::as_str),
+        rec.get("error").is_some_and(|e| !e.is_null()),
+    )
 }
 
 /// PRINTUSASCII (33..=126) only, at most `max` characters; `-` if empty.
@@ -91,14 +98,13 @@ fn sd_escape(s: &str) -> String {
 
 /// One RFC 5424 message for `rec`, carrying `msg`.
 pub fn format(rec: &Record, facility: u8, procid: u32, msg: &str) -> String {
-    let v = &rec.value;
-    let pri = u16::from(facility) * 8 + severity(v) as u16;
-    let time = v.get("time").and_then(Value::as_str).unwrap_or("-");
-    let host = v.get("host").and_then(Value::as_str).unwrap_or("-");
+    let m = &rec.meta;
+    let sev = severity_of(&m.event, m.decision.as_deref(), m.has_error());
+    let pri = u16::from(facility) * 8 + sev as u16;
     format!(
         "<{pri}>1 {} {} {APP_NAME} {procid} {} [{SD_ID} event_id=\"{}\" seq=\"{}\"] {msg}",
-        header_field(time, 64),
-        header_field(host, 255),
+        header_field(&m.time, 64),
+        header_field(&m.host, 255),
         header_field(rec.event(), 32),
         sd_escape(rec.event_id()),
         rec.seq,
@@ -348,12 +354,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rec(seq: u64, v: Value) -> Record {
-        Record {
-            seq,
-            line: v.to_string(),
-            value: v,
-        }
+    fn rec(seq: u64, mut v: Value) -> Record {
+        v["seq"] = seq.into();
+        Record::parse(v.to_string()).expect("a record")
     }
 
     #[test]
@@ -418,11 +421,7 @@ mod stream_tests {
         let r: Vec<Record> = (from..from + n)
             .map(|seq| {
                 let v = json!({"event": "test", "seq": seq, "event_id": format!("id-{seq}")});
-                Record {
-                    seq,
-                    line: v.to_string(),
-                    value: v,
-                }
+                Record::parse(v.to_string()).expect("a record")
             })
             .collect();
         let p = r.iter().map(|r| r.line.clone()).collect();

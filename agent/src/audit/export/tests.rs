@@ -332,7 +332,7 @@ fn a_sink_behind_retention_records_the_gap_and_exports_the_rest() {
             break;
         }
         if let Some(r) = b.records.iter().find(|r| r.event() == super::GAP_EVENT) {
-            found = Some(r.value.clone());
+            found = Some(r.value());
         }
     }
     let found = found.expect("an export_gap record");
