@@ -135,6 +135,12 @@ impl Exports {
             };
             let cursor_path = reader::cursor_path(&export_dir, &cfg.name);
             let start = match reader::load_cursor(&cursor_path) {
+                // A cursor past the end of the log belongs to another log (the
+                // audit directory was replaced): export this one from its start.
+                Ok(Some(c)) if audit.head_seq().is_none_or(|h| c.seq > h) => {
+                    tracing::warn!(sink = %cfg.name, cursor_seq = c.seq, head_seq = ?audit.head_seq(), "export cursor is past the end of the audit log; exporting this log from its oldest record");
+                    None
+                }
                 Ok(Some(c)) => Some(c.seq + 1),
                 Ok(None) => match cfg.start {
                     config::StartAt::Oldest => None,

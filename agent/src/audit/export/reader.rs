@@ -207,8 +207,11 @@ impl LogReader {
             Err(e) => return Err(e),
         };
         let live = self.dir.join(segments::LIVE_FILE);
-        if live.is_file() {
-            files.push((segments::first_seq(&live)?, live));
+        match segments::first_seq(&live) {
+            Ok(first) => files.push((first, live)),
+            // Between a rotation's rename and the new live file: look again later.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         if let Some(done) = self.done_first {
             files.retain(|(f, _)| f.is_none_or(|f| f > done));

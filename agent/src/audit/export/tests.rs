@@ -350,3 +350,48 @@ fn a_sink_behind_retention_records_the_gap_and_exports_the_rest() {
         "export resumed at the oldest record kept"
     );
 }
+
+#[test]
+fn a_cursor_past_the_end_of_the_log_starts_over_from_the_oldest_record() {
+    use super::Exports;
+    use super::config::{ExportSink, HttpSink, StartAt};
+    let tmp = TempDir::new("export-cursor-past");
+    let state = tmp.0.clone();
+    let log =
+        AuditLog::open_with(&state.join("audit"), 64, AuditSync::None, opts(0, 0)).expect("open");
+    write(&log, 0, 5);
+    std::fs::create_dir_all(state.join("export")).expect("mkdir");
+    store_cursor(
+        &cursor_path(&state.join("export"), "h"),
+        &Cursor {
+            sink: "h".into(),
+            seq: 1_000_000,
+            event_id: String::new(),
+            updated: String::new(),
+        },
+    )
+    .expect("cursor");
+    // An HTTP sink to a port nobody listens on: it only has to start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let sink = ExportSink {
+        name: "h".into(),
+        format: super::ExportFormat::Json,
+        start: StartAt::Oldest,
+        syslog: None,
+        http: Some(HttpSink {
+            url: format!("http://127.0.0.1:{port}/"),
+            token_file: None,
+            timeout_ms: 1000,
+            ca_file: None,
+        }),
+        batch: 10,
+        backoff_max_ms: 1000,
+    };
+    let exports = Exports::start(&[sink], &state, &log).expect("start");
+    let st = exports.status();
+    assert_eq!(st[0]["exported_seq"], serde_json::Value::Null, "{st}");
+    assert!(st[0]["lag_records"].as_u64() >= Some(5), "{st}");
+}
