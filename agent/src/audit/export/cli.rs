@@ -94,7 +94,10 @@ pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
     }
     let offset_secs = match s.get(i..)? {
         "Z" | "z" => 0,
-        rest if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+        rest if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
             let oh: i64 = rest.get(1..3)?.parse().ok()?;
             let om: i64 = rest.get(4..6)?.parse().ok()?;
             let sign = if rest.starts_with('-') { -1 } else { 1 };
@@ -265,6 +268,8 @@ mod tests {
             "what the writer writes parses back"
         );
         for bad in [
+            "2026-01-01T00:00:00é1:00",
+            "2026-01-01T00:00:00+é:00",
             "",
             "2026-13-01T00:00:00Z",
             "2026-01-01T00:00:00",
