@@ -357,7 +357,7 @@ pub fn map(record: &Value) -> Value {
             {
                 out.insert("table".into(), json!({"name": first}));
             }
-            let mut db = json!({"type_id": 99, "type": "PostgreSQL"});
+            let mut db = json!({"type_id": 1, "type": "Relational"});
             if let Some(t) = str_of(rec, "target") {
                 db["name"] = t.into();
                 used.push("target");
@@ -449,6 +449,11 @@ mod tests {
             "DELETE FROM orders WHERE id = $1"
         );
         assert_eq!(o["table"]["name"], "orders");
+        assert_eq!(
+            (o["type_id"].as_u64(), o["database"]["type_id"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(o["database"]["name"], "orders-db");
         assert_eq!(
             (o["status_id"].as_u64(), o["status_code"].as_str()),
             (Some(2), Some("42501"))
