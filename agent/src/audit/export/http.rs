@@ -114,6 +114,7 @@ impl Transport for Http {
         let fail = |message: String| SendError {
             message,
             resend_from: None,
+            too_large: false,
         };
         // Read on every batch: a rotated token is picked up without a restart.
         let token = match &self.cfg.token_file {
@@ -129,9 +130,10 @@ impl Transport for Http {
         }
         match req.send(json_array(payloads)) {
             Ok(_) => Ok(()),
-            Err(ureq::Error::StatusCode(code)) => {
-                Err(fail(format!("POST {}: HTTP status {code}", self.cfg.url)))
-            }
+            Err(ureq::Error::StatusCode(code)) => Err(SendError {
+                too_large: code == 413,
+                ..fail(format!("POST {}: HTTP status {code}", self.cfg.url))
+            }),
             Err(e) => Err(fail(format!("POST {}: {e}", self.cfg.url))),
         }
     }

@@ -53,6 +53,9 @@ pub struct SendError {
     /// Records from this seq on may not have arrived (a stream broke after
     /// they were written): send them again.
     pub resend_from: Option<u64>,
+    /// The collector refused the batch as too large (HTTP 413): send fewer
+    /// records at a time.
+    pub too_large: bool,
 }
 
 /// A way to deliver a batch to a collector.
@@ -225,9 +228,10 @@ impl Sink {
         let mut failures_in_outage = 0u64;
         let mut cursor_dirty: Option<Cursor> = None;
         let mut cursor_written = Instant::now();
+        let mut batch = self.cfg.batch;
         loop {
             if pending.is_empty() {
-                match self.reader.read(self.cfg.batch) {
+                match self.reader.read(batch) {
                     Ok(b) => {
                         for g in b.gaps {
                             self.gap(g);
@@ -331,7 +335,16 @@ impl Sink {
                     } else {
                         suppressed += 1;
                     }
-                    if let Some(from) = e.resend_from {
+                    let from = match (e.resend_from, pending.first()) {
+                        (Some(from), _) => Some(from),
+                        (None, Some(first)) if e.too_large && pending.len() > 1 => {
+                            batch = (pending.len() / 2).max(1);
+                            tracing::warn!(sink = %self.cfg.name, batch, "the collector refused a batch as too large; sending fewer records at a time");
+                            Some(first.seq)
+                        }
+                        _ => None,
+                    };
+                    if let Some(from) = from {
                         self.reader.rewind(from);
                         pending.clear();
                         payloads.clear();

@@ -289,6 +289,7 @@ impl Transport for Syslog {
                 return Err(SendError {
                     message: "the collector closed the connection".into(),
                     resend_from: (from < first).then_some(from),
+                    too_large: false,
                 });
             }
         }
@@ -296,6 +297,7 @@ impl Transport for Syslog {
             let c = self.connect().map_err(|e| SendError {
                 message: format!("connect to {}: {e}", self.cfg.address),
                 resend_from: None,
+                too_large: false,
             })?;
             self.sent.clear();
             self.conn = Some(c);
@@ -343,6 +345,7 @@ impl Transport for Syslog {
                 Err(SendError {
                     message: format!("send to {}: {e}", self.cfg.address),
                     resend_from: (from < first).then_some(from),
+                    too_large: false,
                 })
             }
         }

@@ -395,3 +395,100 @@ fn a_cursor_past_the_end_of_the_log_starts_over_from_the_oldest_record() {
     assert_eq!(st[0]["exported_seq"], serde_json::Value::Null, "{st}");
     assert!(st[0]["lag_records"].as_u64() >= Some(5), "{st}");
 }
+
+/// A collector on loopback that refuses bodies over `limit` bytes with 413
+/// and stores the records of the others (one request per connection).
+fn limited_collector(limit: usize) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    use std::io::{BufRead, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut w = s.try_clone().expect("clone");
+            let mut r = std::io::BufReader::new(s);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let t = line.trim_end().to_ascii_lowercase();
+                if t.is_empty() {
+                    break;
+                }
+                if let Some(v) = t.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let status = if len > limit {
+                "413 Payload Too Large"
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+                let mut g = g.lock().expect("lock");
+                g.extend(
+                    v.as_array()
+                        .expect("array")
+                        .iter()
+                        .filter_map(|r| r["seq"].as_u64()),
+                );
+                "200 OK"
+            };
+            let _ = w.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn an_http_collector_refusing_large_batches_gets_smaller_ones_and_everything() {
+    use super::Exports;
+    use super::config::{ExportSink, HttpSink, StartAt};
+    let tmp = TempDir::new("export-413");
+    let state = tmp.0.clone();
+    let log =
+        AuditLog::open_with(&state.join("audit"), 1024, AuditSync::None, opts(0, 0)).expect("open");
+    write(&log, 0, 300);
+    // Records are about 500 bytes: at most about 20 fit in 10 KB.
+    let (port, got) = limited_collector(10 * 1024);
+    let sink = ExportSink {
+        name: "h".into(),
+        format: super::ExportFormat::Json,
+        start: StartAt::Oldest,
+        syslog: None,
+        http: Some(HttpSink {
+            url: format!("http://127.0.0.1:{port}/"),
+            token_file: None,
+            timeout_ms: 5000,
+            ca_file: None,
+        }),
+        batch: 500,
+        backoff_max_ms: 200,
+    };
+    let exports = Exports::start(&[sink], &state, &log).expect("start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let head = log.head_seq().expect("head");
+    loop {
+        let st = exports.status();
+        if st[0]["exported_seq"].as_u64() >= Some(head) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not exported: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got: std::collections::BTreeSet<u64> = got.lock().expect("lock").iter().copied().collect();
+    assert!((0..=head).all(|s| got.contains(&s)), "every record arrived");
+    assert!(
+        exports.status()[0]["failures"].as_u64() >= Some(1),
+        "the 413s were counted"
+    );
+}
