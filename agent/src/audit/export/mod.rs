@@ -231,7 +231,10 @@ impl Sink {
         let mut batch = self.cfg.batch;
         loop {
             if pending.is_empty() {
-                match self.reader.read(batch) {
+                match self
+                    .reader
+                    .read_before(batch, Some(self.audit.durable_next_seq()))
+                {
                     Ok(b) => {
                         for g in b.gaps {
                             self.gap(g);

@@ -138,6 +138,12 @@ impl LogReader {
     /// Up to `max` records after the last one returned, in seq order; fewer
     /// (or none) when the reader is at the end of the log.
     pub fn read(&mut self, max: usize) -> std::io::Result<Batch> {
+        self.read_before(max, None)
+    }
+
+    /// As [`LogReader::read`], stopping before the first record whose `seq` is
+    /// `before` or more (records written but not yet durable).
+    pub fn read_before(&mut self, max: usize, before: Option<u64>) -> std::io::Result<Batch> {
         let mut out = Batch::default();
         let mut line = Vec::new();
         while out.records.len() < max {
@@ -159,12 +165,19 @@ impl LogReader {
                     at_end = true;
                     break;
                 }
+                let line_start = cur.pos;
                 cur.pos += n as u64;
                 let text = String::from_utf8_lossy(&line[..n - 1]).into_owned();
                 let Some(rec) = Record::parse(text) else {
                     continue; // a torn line left by a crash: not a record
                 };
                 let seq = rec.seq;
+                if before.is_some_and(|b| seq >= b) {
+                    // Not durable yet: read it again next time.
+                    cur.reader.seek(SeekFrom::Start(line_start))?;
+                    cur.pos = line_start;
+                    return Ok(out);
+                }
                 cur.first_seq.get_or_insert(seq);
                 match self.next_seq {
                     Some(want) if seq < want => continue,

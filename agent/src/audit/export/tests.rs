@@ -99,6 +99,23 @@ fn a_record_being_written_is_read_once_complete() {
 }
 
 #[test]
+fn only_durable_records_are_read_when_asked() {
+    let tmp = TempDir::new("export-durable");
+    let dir = tmp.0.join("audit");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let lines: String = (0..5)
+        .map(|i| format!("{{\"seq\":{i},\"event\":\"e\"}}\n"))
+        .collect();
+    std::fs::write(dir.join(segments::LIVE_FILE), lines).expect("write");
+    let mut r = LogReader::new(&dir, None);
+    let seqs = |b: super::reader::Batch| b.records.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(r.read_before(10, Some(2)).expect("read")), [0, 1]);
+    assert!(r.read_before(10, Some(2)).expect("read").records.is_empty());
+    assert_eq!(seqs(r.read_before(10, Some(4)).expect("read")), [2, 3]);
+    assert_eq!(seqs(r.read(10).expect("read")), [4]);
+}
+
+#[test]
 fn segments_removed_before_export_are_reported_as_a_gap() {
     let tmp = TempDir::new("export-gap");
     let dir = tmp.0.join("audit");
