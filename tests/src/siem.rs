@@ -364,3 +364,135 @@ pub fn log_records(dir: &Path) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made
+/// with openssl(1) in `dir`: (ca.pem, server.pem, server.key).
+pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=portcullis test CA",
+        "-days",
+        "2",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// `tests/clients/https_collector.py`: an HTTPS collector (Python's ssl and
+/// http.server) writing each POSTed body as one line of `out`.
+pub struct HttpsCollector {
+    pub port: u16,
+    pub out: PathBuf,
+    child: Child,
+}
+
+impl HttpsCollector {
+    pub fn start(cert: &Path, key: &Path, out: &Path) -> Self {
+        let port = free_port();
+        let script = crate::repo_root()
+            .join("tests")
+            .join("clients")
+            .join("https_collector.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .args([cert, key, out])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn https_collector.py");
+        let stdout = child.stdout.take().expect("collector stdout");
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        assert!(
+            line.contains("ready"),
+            "https_collector.py did not start: {line}"
+        );
+        Self {
+            port,
+            out: out.to_owned(),
+            child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/ingest", self.port)
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .flat_map(|l| match serde_json::from_str::<Value>(l) {
+                Ok(Value::Array(a)) => a,
+                other => panic!("HTTPS body is not a JSON array: {other:?}"),
+            })
+            .collect()
+    }
+}
+
+impl Drop for HttpsCollector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::siem::{HttpCollector, Rsyslog, log_records, rsyslog_available};
+use portcullis_tests::siem::{
+    HttpCollector, HttpsCollector, Rsyslog, log_records, private_ca, rsyslog_available,
+};
 use portcullis_tests::{
     Agent, AgentOpts, Reply, Server, TempDir, TestCgroup, client, client_py, in_cgroup, policy,
     privileged,
@@ -31,7 +33,11 @@ fn sink_status(agent: &Agent, name: &str) -> Value {
 
 /// Waits until every named sink has exported everything up to `seq`.
 fn wait_exported(agent: &Agent, names: &[&str], seq: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_exported_within(agent, names, seq, 60);
+}
+
+fn wait_exported_within(agent: &Agent, names: &[&str], seq: u64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     for name in names {
         loop {
             let s = sink_status(agent, name);
@@ -40,7 +46,7 @@ fn wait_exported(agent: &Agent, names: &[&str], seq: u64) {
             }
             assert!(
                 Instant::now() < deadline,
-                "sink {name} did not export up to seq {seq} within 60 s: {s}\nagent log:\n{}",
+                "sink {name} did not export up to seq {seq} within {secs} s: {s}\nagent log:\n{}",
                 agent.log()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -442,4 +448,171 @@ fn audit_export_prints_records_in_seq_order_filtered() {
         .expect("run audit export");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"));
+}
+
+/// Export rate (records per second) of each transport, from a log of
+/// realistic `connection` records written beforehand by `portcullis audit
+/// bench`: the agent starts on that log and each sink exports it all. Prints
+/// the figures; asserts only that everything arrived. Run by hand:
+/// `cargo test -p portcullis-tests --test export -- --ignored export_rate --nocapture`
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn export_rate_per_transport() {
+    if !privileged("export_rate_per_transport") || !rsyslog_available("export_rate_per_transport") {
+        return;
+    }
+    const RECORDS: u64 = 100_000;
+    let scratch = TempDir::new("portcullis-test-export-rate");
+    let out = std::process::Command::new(portcullis_tests::agent_bin())
+        .args(["audit", "bench", "--part", "writer", "--sync", "none"])
+        .args(["--records", &RECORDS.to_string(), "--dir"])
+        .arg(&scratch.0)
+        .output()
+        .expect("run audit bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let template = scratch.0.join("none-writer");
+    let rsyslog = Rsyslog::start();
+    let http = HttpCollector::start();
+    let sinks = [
+        (
+            "tcp-json",
+            format!(
+                "syslog: {{ transport: tcp, address: \"127.0.0.1:{}\" }}",
+                rsyslog.tcp_port
+            ),
+            "json",
+        ),
+        (
+            "tcp-ocsf",
+            format!(
+                "syslog: {{ transport: tcp, address: \"127.0.0.1:{}\" }}",
+                rsyslog.tcp_port
+            ),
+            "ocsf",
+        ),
+        (
+            "unix-stream",
+            format!(
+                "syslog: {{ transport: unix-stream, address: \"{}\" }}",
+                rsyslog.stream_socket().display()
+            ),
+            "json",
+        ),
+        (
+            "http-json",
+            format!("http: {{ url: \"{}\" }}", http.url()),
+            "json",
+        ),
+        (
+            "http-ocsf",
+            format!("http: {{ url: \"{}\" }}", http.url()),
+            "ocsf",
+        ),
+    ];
+    let cg = TestCgroup::new();
+    for (name, transport, format) in sinks {
+        let state = scratch.0.join(name);
+        let copy = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(&state)
+            .status()
+            .expect("cp");
+        assert!(copy.success());
+        let agent = Agent::start(
+            &cg.slice,
+            &policy(&["127.0.0.1"], &[1], ALLOW_PY, RULE_PY),
+            AgentOpts {
+                state_dir: Some(state),
+                extra_config: format!(
+                    "exports:\n- name: {name}\n  format: {format}\n  {transport}\n"
+                ),
+                ..AgentOpts::default()
+            },
+        );
+        let t0 = Instant::now();
+        let h = head(&agent);
+        wait_exported_within(&agent, &[name], h, 900);
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "export rate {name:<12} {h:>7} records in {secs:6.2} s: {:>8.0} records/s",
+            h as f64 / secs
+        );
+    }
+    let got: BTreeSet<String> = http
+        .records()
+        .iter()
+        .filter_map(|r| {
+            r["event_id"]
+                .as_str()
+                .or(r["metadata"]["uid"].as_str())
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        got.len() as u64 >= RECORDS,
+        "HTTP got {} distinct records",
+        got.len()
+    );
+}
+
+#[test]
+fn https_sink_trusts_its_private_ca_and_no_other_certificate() {
+    if !privileged("https_sink_trusts_its_private_ca_and_no_other_certificate") {
+        return;
+    }
+    let scratch = TempDir::new("portcullis-test-export-tls");
+    let (ca, cert, key) = private_ca(&scratch.0);
+    let https = HttpsCollector::start(&cert, &key, &scratch.0.join("bodies"));
+    let cg = TestCgroup::new();
+    let server = Server::start("127.0.0.1:0", Reply::Echo, None);
+    let exports = format!(
+        "exports:\n\
+         - name: private\n  format: ocsf\n  http: {{ url: \"{url}\", ca_file: {} }}\n\
+         - name: public\n  backoff_max_ms: 500\n  http: {{ url: \"{url}\" }}\n",
+        ca.display(),
+        url = https.url(),
+    );
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY),
+        AgentOpts {
+            extra_config: exports,
+            ..AgentOpts::default()
+        },
+    );
+    let unit = cg.unit("client");
+    let r = client(
+        &unit,
+        &["concurrent", "127.0.0.1", &server.port().to_string(), "10"],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(agent.connections(10).len() >= 10);
+    let h = head(&agent);
+    wait_exported(&agent, &["private"], h);
+    let got: BTreeSet<String> = https
+        .records()
+        .iter()
+        .filter_map(|e| e["metadata"]["uid"].as_str().map(str::to_string))
+        .collect();
+    for (seq, rec) in expected(&agent, h) {
+        assert!(
+            got.contains(rec["event_id"].as_str().unwrap_or("")),
+            "seq {seq} not received over HTTPS"
+        );
+    }
+    // The sink without the CA refuses the collector's certificate.
+    let public = wait_status(&agent, "public", "a certificate failure", |s| {
+        s["failing"] == true && s["last_error"].is_string()
+    });
+    assert_eq!(public["exported_seq"], Value::Null, "{public}");
+    let err = public["last_error"].as_str().unwrap_or("");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
 }

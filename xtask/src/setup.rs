@@ -143,9 +143,17 @@ pub fn setup() -> Result<()> {
         }
     }
     did.extend(crate::pgtools::ensure()?);
+    // The export tests start a real rsyslog with their own configuration.
+    if !["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+    {
+        apt_install(&["rsyslog"]).context("installing rsyslog (the export tests need it)")?;
+        did.push("rsyslog");
+    }
     if did.is_empty() {
         println!(
-            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv) in {} ms",
+            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv, rsyslog) in {} ms",
             t0.elapsed().as_millis()
         );
     } else {

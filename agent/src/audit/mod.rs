@@ -187,6 +187,9 @@ struct Stats {
     dropped: AtomicU64,
     /// `seq` of the next record to be written (all before it are in the file).
     next_seq: AtomicU64,
+    /// All records before this `seq` are on disk as `audit_sync` promises
+    /// (synced with `batch`, written with `none`): what export may send.
+    durable_next_seq: AtomicU64,
 }
 
 /// Whether the log accepts records, and why not.
@@ -394,6 +397,7 @@ impl AuditLog {
             (h.seq + 1, h.hash, u64::from(!h.signed))
         });
         stats.next_seq.store(next_seq, Ordering::Relaxed);
+        stats.durable_next_seq.store(next_seq, Ordering::Relaxed);
         let now = Instant::now();
         let w = Writer {
             rx,
@@ -507,6 +511,11 @@ impl AuditLog {
     /// `seq` of the newest record in the file (`None` while the log is empty).
     pub fn head_seq(&self) -> Option<u64> {
         self.stats.next_seq.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Every record with a lower `seq` is durable (see `audit_sync`).
+    pub fn durable_next_seq(&self) -> u64 {
+        self.stats.durable_next_seq.load(Ordering::Relaxed)
     }
 
     pub fn dropped(&self) -> u64 {
@@ -1084,6 +1093,11 @@ impl Writer {
                         .written
                         .fetch_add(self.batch_records, Ordering::Relaxed);
                     self.stats.next_seq.store(self.next_seq, Ordering::Relaxed);
+                    if sync || self.sync == AuditSync::None {
+                        self.stats
+                            .durable_next_seq
+                            .store(self.next_seq, Ordering::Relaxed);
+                    }
                     if self.write_problem.take().is_some() {
                         tracing::info!(path = %self.path.display(), "audit log writable again");
                         self.check_space();

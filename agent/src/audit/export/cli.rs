@@ -94,7 +94,10 @@ pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
     }
     let offset_secs = match s.get(i..)? {
         "Z" | "z" => 0,
-        rest if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+        rest if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
             let oh: i64 = rest.get(1..3)?.parse().ok()?;
             let om: i64 = rest.get(4..6)?.parse().ok()?;
             let sign = if rest.starts_with('-') { -1 } else { 1 };
@@ -242,15 +245,7 @@ fn file_records(path: &Path) -> anyhow::Result<Vec<Record>> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text
         .lines()
-        .filter_map(|l| {
-            let value: serde_json::Value = serde_json::from_str(l).ok()?;
-            let seq = value.get("seq")?.as_u64()?;
-            Some(Record {
-                seq,
-                line: l.to_string(),
-                value,
-            })
-        })
+        .filter_map(|l| Record::parse(l.to_string()))
         .collect())
 }
 
@@ -273,6 +268,8 @@ mod tests {
             "what the writer writes parses back"
         );
         for bad in [
+            "2026-01-01T00:00:00é1:00",
+            "2026-01-01T00:00:00+é:00",
             "",
             "2026-13-01T00:00:00Z",
             "2026-01-01T00:00:00",

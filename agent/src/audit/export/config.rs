@@ -38,6 +38,17 @@ impl ExportFormat {
     }
 }
 
+/// Where a sink without a cursor (a new sink) starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// The oldest record in the log (default): the SIEM gets the whole log.
+    #[default]
+    Oldest,
+    /// The first record written after the agent starts.
+    Now,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SyslogTransport {
@@ -93,6 +104,10 @@ pub struct HttpSink {
     /// Per-request timeout, milliseconds. Default 10000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// PEM file of the CA certificate(s) to trust for an `https://` URL instead
+    /// of the public roots (a private collector's CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +117,9 @@ pub struct ExportSink {
     pub name: String,
     #[serde(default)]
     pub format: ExportFormat,
+    /// Where the sink starts when it has no cursor yet: `oldest` or `now`.
+    #[serde(default)]
+    pub start: StartAt,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog: Option<SyslogSink>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,22 +12,51 @@ use super::{SendError, Transport};
 
 pub struct Http {
     cfg: HttpSink,
-    agent: ureq::Agent,
+    /// `Err`: the sink cannot work as configured (an unusable `ca_file`); every
+    /// send fails with this message, visible in status and the audit log.
+    agent: Result<ureq::Agent, String>,
 }
 
 impl Http {
     pub fn new(cfg: &HttpSink) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_millis(cfg.timeout_ms)))
-            .http_status_as_error(true)
-            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = (|| {
+            let mut b = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_millis(cfg.timeout_ms)))
+                .http_status_as_error(true)
+                .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+            if let Some(ca) = &cfg.ca_file {
+                let tls = ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&read_ca(ca)?))
+                    .build();
+                b = b.tls_config(tls);
+            }
+            Ok(b.build().into())
+        })();
         Self {
             cfg: cfg.clone(),
             agent,
         }
     }
+}
+
+/// The certificates of a PEM file (at least one).
+fn read_ca(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("ca_file {}: {e}", path.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "ca_file {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// The bearer token in `path`, refused unless the file is owned by root (or
@@ -85,14 +114,15 @@ impl Transport for Http {
         let fail = |message: String| SendError {
             message,
             resend_from: None,
+            too_large: false,
         };
         // Read on every batch: a rotated token is picked up without a restart.
         let token = match &self.cfg.token_file {
             Some(p) => Some(read_token(p).map_err(fail)?),
             None => None,
         };
-        let mut req = self
-            .agent
+        let agent = self.agent.as_ref().map_err(|e| fail(e.clone()))?;
+        let mut req = agent
             .post(&self.cfg.url)
             .header("Content-Type", "application/json");
         if let Some(t) = token {
@@ -100,9 +130,10 @@ impl Transport for Http {
         }
         match req.send(json_array(payloads)) {
             Ok(_) => Ok(()),
-            Err(ureq::Error::StatusCode(code)) => {
-                Err(fail(format!("POST {}: HTTP status {code}", self.cfg.url)))
-            }
+            Err(ureq::Error::StatusCode(code)) => Err(SendError {
+                too_large: code == 413,
+                ..fail(format!("POST {}: HTTP status {code}", self.cfg.url))
+            }),
             Err(e) => Err(fail(format!("POST {}: {e}", self.cfg.url))),
         }
     }

@@ -53,6 +53,9 @@ pub struct SendError {
     /// Records from this seq on may not have arrived (a stream broke after
     /// they were written): send them again.
     pub resend_from: Option<u64>,
+    /// The collector refused the batch as too large (HTTP 413): send fewer
+    /// records at a time.
+    pub too_large: bool,
 }
 
 /// A way to deliver a batch to a collector.
@@ -66,7 +69,7 @@ pub trait Transport: Send {
 pub fn payload(rec: &Record, format: ExportFormat) -> String {
     match format {
         ExportFormat::Json => rec.line.clone(),
-        ExportFormat::Ocsf => ocsf::map(&rec.value).to_string(),
+        ExportFormat::Ocsf => ocsf::map(&rec.value()).to_string(),
     }
 }
 
@@ -92,6 +95,9 @@ pub struct SinkStatus {
     /// Records the sink could not export because they were gone from the log.
     pub gap_records: u64,
     pub last_gap: Option<String>,
+    /// `time` (µs since the epoch) of the oldest record read and not exported yet.
+    #[serde(skip)]
+    oldest_pending_us: Option<i64>,
 }
 
 struct Sink {
@@ -132,7 +138,17 @@ impl Exports {
             };
             let cursor_path = reader::cursor_path(&export_dir, &cfg.name);
             let start = match reader::load_cursor(&cursor_path) {
-                Ok(c) => c.map(|c| c.seq + 1),
+                // A cursor past the end of the log belongs to another log (the
+                // audit directory was replaced): export this one from its start.
+                Ok(Some(c)) if audit.head_seq().is_none_or(|h| c.seq > h) => {
+                    tracing::warn!(sink = %cfg.name, cursor_seq = c.seq, head_seq = ?audit.head_seq(), "export cursor is past the end of the audit log; exporting this log from its oldest record");
+                    None
+                }
+                Ok(Some(c)) => Some(c.seq + 1),
+                Ok(None) => match cfg.start {
+                    config::StartAt::Oldest => None,
+                    config::StartAt::Now => Some(audit.head_seq().map_or(0, |h| h + 1)),
+                },
                 Err(e) => {
                     tracing::warn!(sink = %cfg.name, error = %e, "export cursor unreadable; exporting again from the oldest record (duplicates, nothing lost)");
                     None
@@ -176,9 +192,10 @@ impl Exports {
                 }
                 let next = st.exported_seq.map_or(0, |s| s + 1);
                 st.lag_records = st.head_seq.map_or(0, |h| (h + 1).saturating_sub(next));
-                if st.lag_records == 0 {
-                    st.lag_secs = 0.0;
-                }
+                st.lag_secs = match st.oldest_pending_us {
+                    Some(t) if st.lag_records > 0 => (now_us() - t).max(0) as f64 / 1e6,
+                    _ => 0.0,
+                };
                 st
             })
             .collect();
@@ -186,12 +203,11 @@ impl Exports {
     }
 }
 
-fn secs_since(rfc3339: &str) -> f64 {
-    let now = SystemTime::now()
+fn now_us() -> i64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    cli::parse_rfc3339_micros(rfc3339).map_or(0.0, |t| (now - t).max(0) as f64 / 1e6)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Sink {
@@ -212,9 +228,13 @@ impl Sink {
         let mut failures_in_outage = 0u64;
         let mut cursor_dirty: Option<Cursor> = None;
         let mut cursor_written = Instant::now();
+        let mut batch = self.cfg.batch;
         loop {
             if pending.is_empty() {
-                match self.reader.read(self.cfg.batch) {
+                match self
+                    .reader
+                    .read_before(batch, Some(self.audit.durable_next_seq()))
+                {
                     Ok(b) => {
                         for g in b.gaps {
                             self.gap(g);
@@ -241,15 +261,11 @@ impl Sink {
                         self.store(&c);
                         cursor_written = Instant::now();
                     }
-                    self.update(|s| s.lag_secs = 0.0);
+                    self.update(|s| s.oldest_pending_us = None);
                     std::thread::sleep(POLL);
                     continue;
                 }
             }
-            let oldest = pending
-                .first()
-                .map(|r| r.time().to_string())
-                .unwrap_or_default();
             match self.transport.send(&pending, &payloads) {
                 Ok(()) => {
                     let Some(last) = pending.last() else { continue };
@@ -266,7 +282,7 @@ impl Sink {
                         s.exported += n;
                         s.failing = false;
                         s.last_success_at = Some(c.updated.clone());
-                        s.lag_secs = 0.0;
+                        s.oldest_pending_us = None;
                     });
                     if let Some(since) = failing_since.take() {
                         let _ = self.audit.record(
@@ -297,13 +313,11 @@ impl Sink {
                 Err(e) => {
                     failing_since.get_or_insert_with(Instant::now);
                     failures_in_outage += 1;
-                    let lag = secs_since(&oldest);
                     self.update(|s| {
                         s.failures += 1;
                         s.failing = true;
                         s.last_error = Some(e.message.clone());
                         s.last_error_at = Some(now_rfc3339());
-                        s.lag_secs = lag;
                     });
                     if last_failure_record.is_none_or(|t| t.elapsed() >= FAILURE_RECORD_EVERY) {
                         tracing::warn!(sink = %self.cfg.name, error = %e.message, "audit export failed; retrying with back-off");
@@ -324,7 +338,16 @@ impl Sink {
                     } else {
                         suppressed += 1;
                     }
-                    if let Some(from) = e.resend_from {
+                    let from = match (e.resend_from, pending.first()) {
+                        (Some(from), _) => Some(from),
+                        (None, Some(first)) if e.too_large && pending.len() > 1 => {
+                            batch = (pending.len() / 2).max(1);
+                            tracing::warn!(sink = %self.cfg.name, batch, "the collector refused a batch as too large; sending fewer records at a time");
+                            Some(first.seq)
+                        }
+                        _ => None,
+                    };
+                    if let Some(from) = from {
                         self.reader.rewind(from);
                         pending.clear();
                         payloads.clear();

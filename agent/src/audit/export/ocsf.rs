@@ -105,6 +105,21 @@ fn activity_for_statement(rec: &Map<String, Value>) -> (u64, &'static str) {
     }
 }
 
+/// Fields of an `attribution` object that [`actor`] maps; the others go to
+/// `unmapped.attribution`.
+const ACTOR_FIELDS: [&str; 10] = [
+    "pid",
+    "comm",
+    "exe",
+    "exe_sha256",
+    "cmdline",
+    "uid",
+    "user",
+    "cgroup",
+    "container_id",
+    "unit",
+];
+
 /// The actor's process from an `attribution` object.
 fn actor(attr: &Map<String, Value>) -> Value {
     let mut p = Map::new();
@@ -267,9 +282,18 @@ pub fn map(record: &Value) -> Value {
     }
 
     // Who: the attributed process.
+    let mut attribution_rest = None;
     if let Some(attr) = rec.get("attribution").and_then(Value::as_object) {
         out.insert("actor".into(), actor(attr));
         used.push("attribution");
+        let rest: Map<String, Value> = attr
+            .iter()
+            .filter(|(k, _)| !ACTOR_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !rest.is_empty() {
+            attribution_rest = Some(Value::Object(rest));
+        }
     } else if rec.get("pid").is_some() || rec.get("uid").is_some() {
         let mut attr = Map::new();
         for k in ["pid", "uid", "comm", "exe"] {
@@ -357,7 +381,7 @@ pub fn map(record: &Value) -> Value {
             {
                 out.insert("table".into(), json!({"name": first}));
             }
-            let mut db = json!({"type_id": 99, "type": "PostgreSQL"});
+            let mut db = json!({"type_id": 1, "type": "Relational"});
             if let Some(t) = str_of(rec, "target") {
                 db["name"] = t.into();
                 used.push("target");
@@ -387,11 +411,14 @@ pub fn map(record: &Value) -> Value {
         .into(),
     );
 
-    let unmapped: Map<String, Value> = rec
+    let mut unmapped: Map<String, Value> = rec
         .iter()
         .filter(|(k, _)| !used.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if let Some(rest) = attribution_rest {
+        unmapped.insert("attribution".into(), rest);
+    }
     if !unmapped.is_empty() {
         out.insert("unmapped".into(), Value::Object(unmapped));
     }
@@ -421,7 +448,7 @@ mod tests {
             "statement",
             json!({
                 "session_id": "s-1", "target": "orders-db",
-                "attribution": {"pid": 4242, "uid": 1000, "user": "etl", "comm": "psql",
+                "attribution": {"pid": 4242, "uid": 1000, "gid": 1000, "user": "etl", "comm": "psql",
                                 "exe": "/usr/bin/psql", "cgroup": "/etl.service"},
                 "statement": "DELETE FROM orders WHERE id = $1", "fingerprint": "ab12",
                 "kinds": ["delete"], "tables": ["orders"], "decision": "deny",
@@ -450,6 +477,11 @@ mod tests {
         );
         assert_eq!(o["table"]["name"], "orders");
         assert_eq!(
+            (o["type_id"].as_u64(), o["database"]["type_id"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(o["database"]["name"], "orders-db");
+        assert_eq!(
             (o["status_id"].as_u64(), o["status_code"].as_str()),
             (Some(2), Some("42501"))
         );
@@ -461,7 +493,11 @@ mod tests {
         assert_eq!(o["policy"]["name"], "no-deletes");
         assert_eq!(o["unmapped"]["custom"], "kept");
         assert_eq!(o["unmapped"]["tables"], json!(["orders"]));
-        assert!(o["unmapped"].get("attribution").is_none());
+        assert_eq!(
+            o["unmapped"]["attribution"],
+            json!({"gid": 1000}),
+            "attribution fields with no OCSF attribute are kept"
+        );
         assert!(o["unmapped"].get("event_id").is_none());
     }
 

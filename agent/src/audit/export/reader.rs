@@ -16,32 +16,68 @@ use serde_json::Value;
 
 use crate::audit::segments;
 
+/// The fields of a record the exporter needs for every record (the syslog
+/// header, severity, filters), read without building the whole JSON tree.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Meta {
+    pub seq: u64,
+    #[serde(default)]
+    pub event: String,
+    #[serde(default)]
+    pub event_id: String,
+    #[serde(default)]
+    pub time: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// Present and not null.
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+impl Meta {
+    pub fn has_error(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
 /// One record of the log.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub seq: u64,
     /// The line as written (without its newline): the record whose hash verifies.
     pub line: String,
-    pub value: Value,
+    pub meta: Meta,
 }
 
 impl Record {
+    /// A record from one line of the log; `None` for a line that is not a
+    /// JSON object with a `seq` (a torn line, a damaged one).
+    pub fn parse(line: String) -> Option<Self> {
+        let meta: Meta = serde_json::from_str(&line).ok()?;
+        Some(Self {
+            seq: meta.seq,
+            line,
+            meta,
+        })
+    }
+
+    /// The whole record as a JSON value (parsed again: only OCSF needs it).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.line).unwrap_or(Value::Null)
+    }
+
     pub fn event(&self) -> &str {
-        self.value
-            .get("event")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        &self.meta.event
     }
 
     pub fn event_id(&self) -> &str {
-        self.value
-            .get("event_id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        &self.meta.event_id
     }
 
     pub fn time(&self) -> &str {
-        self.value.get("time").and_then(Value::as_str).unwrap_or("")
+        &self.meta.time
     }
 }
 
@@ -102,6 +138,12 @@ impl LogReader {
     /// Up to `max` records after the last one returned, in seq order; fewer
     /// (or none) when the reader is at the end of the log.
     pub fn read(&mut self, max: usize) -> std::io::Result<Batch> {
+        self.read_before(max, None)
+    }
+
+    /// As [`LogReader::read`], stopping before the first record whose `seq` is
+    /// `before` or more (records written but not yet durable).
+    pub fn read_before(&mut self, max: usize, before: Option<u64>) -> std::io::Result<Batch> {
         let mut out = Batch::default();
         let mut line = Vec::new();
         while out.records.len() < max {
@@ -123,14 +165,19 @@ impl LogReader {
                     at_end = true;
                     break;
                 }
+                let line_start = cur.pos;
                 cur.pos += n as u64;
                 let text = String::from_utf8_lossy(&line[..n - 1]).into_owned();
-                let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                let Some(rec) = Record::parse(text) else {
                     continue; // a torn line left by a crash: not a record
                 };
-                let Some(seq) = value.get("seq").and_then(Value::as_u64) else {
-                    continue;
-                };
+                let seq = rec.seq;
+                if before.is_some_and(|b| seq >= b) {
+                    // Not durable yet: read it again next time.
+                    cur.reader.seek(SeekFrom::Start(line_start))?;
+                    cur.pos = line_start;
+                    return Ok(out);
+                }
                 cur.first_seq.get_or_insert(seq);
                 match self.next_seq {
                     Some(want) if seq < want => continue,
@@ -141,11 +188,7 @@ impl LogReader {
                     _ => {}
                 }
                 self.next_seq = Some(seq + 1);
-                out.records.push(Record {
-                    seq,
-                    line: text,
-                    value,
-                });
+                out.records.push(rec);
             }
             if !at_end {
                 break;
@@ -177,8 +220,11 @@ impl LogReader {
             Err(e) => return Err(e),
         };
         let live = self.dir.join(segments::LIVE_FILE);
-        if live.is_file() {
-            files.push((segments::first_seq(&live)?, live));
+        match segments::first_seq(&live) {
+            Ok(first) => files.push((first, live)),
+            // Between a rotation's rename and the new live file: look again later.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         if let Some(done) = self.done_first {
             files.retain(|(f, _)| f.is_none_or(|f| f > done));

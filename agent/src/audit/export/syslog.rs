@@ -39,10 +39,8 @@ pub enum Severity {
 
 /// Severity of a record: errors and failures `err`, denials and bypass
 /// attempts `warning`, lifecycle changes `notice`, allowed access `info`.
-pub fn severity(rec: &Value) -> Severity {
-    let event = rec.get("event").and_then(Value::as_str).unwrap_or("");
-    let decision = rec.get("decision").and_then(Value::as_str).unwrap_or("");
-    let has_error = rec.get("error").is_some_and(|e| !e.is_null());
+pub fn severity_of(event: &str, decision: Option<&str>, has_error: bool) -> Severity {
+    let decision = decision.unwrap_or("");
     if event.ends_with("_failure")
         || event.ends_with("_reject")
         || event == "export_gap"
@@ -65,6 +63,15 @@ pub fn severity(rec: &Value) -> Severity {
     } else {
         Severity::Info
     }
+}
+
+/// [`severity_of`] a record as a JSON value.
+pub fn severity(rec: &Value) -> Severity {
+    severity_of(
+        rec.get("event").and_then(Value::as_str).unwrap_or(""),
+        rec.get("decision").and_then(Value::as_str),
+        rec.get("error").is_some_and(|e| !e.is_null()),
+    )
 }
 
 /// PRINTUSASCII (33..=126) only, at most `max` characters; `-` if empty.
@@ -91,14 +98,13 @@ fn sd_escape(s: &str) -> String {
 
 /// One RFC 5424 message for `rec`, carrying `msg`.
 pub fn format(rec: &Record, facility: u8, procid: u32, msg: &str) -> String {
-    let v = &rec.value;
-    let pri = u16::from(facility) * 8 + severity(v) as u16;
-    let time = v.get("time").and_then(Value::as_str).unwrap_or("-");
-    let host = v.get("host").and_then(Value::as_str).unwrap_or("-");
+    let m = &rec.meta;
+    let sev = severity_of(&m.event, m.decision.as_deref(), m.has_error());
+    let pri = u16::from(facility) * 8 + sev as u16;
     format!(
         "<{pri}>1 {} {} {APP_NAME} {procid} {} [{SD_ID} event_id=\"{}\" seq=\"{}\"] {msg}",
-        header_field(time, 64),
-        header_field(host, 255),
+        header_field(&m.time, 64),
+        header_field(&m.host, 255),
         header_field(rec.event(), 32),
         sd_escape(rec.event_id()),
         rec.seq,
@@ -283,6 +289,7 @@ impl Transport for Syslog {
                 return Err(SendError {
                     message: "the collector closed the connection".into(),
                     resend_from: (from < first).then_some(from),
+                    too_large: false,
                 });
             }
         }
@@ -290,6 +297,7 @@ impl Transport for Syslog {
             let c = self.connect().map_err(|e| SendError {
                 message: format!("connect to {}: {e}", self.cfg.address),
                 resend_from: None,
+                too_large: false,
             })?;
             self.sent.clear();
             self.conn = Some(c);
@@ -337,6 +345,7 @@ impl Transport for Syslog {
                 Err(SendError {
                     message: format!("send to {}: {e}", self.cfg.address),
                     resend_from: (from < first).then_some(from),
+                    too_large: false,
                 })
             }
         }
@@ -348,12 +357,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rec(seq: u64, v: Value) -> Record {
-        Record {
-            seq,
-            line: v.to_string(),
-            value: v,
-        }
+    fn rec(seq: u64, mut v: Value) -> Record {
+        v["seq"] = seq.into();
+        Record::parse(v.to_string()).expect("a record")
     }
 
     #[test]
@@ -404,5 +410,108 @@ mod tests {
     fn datagrams_are_cut_at_a_character_boundary() {
         assert_eq!(cut("abc", 10), "abc");
         assert_eq!(cut("aé", 2), "a");
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use serde_json::json;
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    fn recs(from: u64, n: u64) -> (Vec<Record>, Vec<String>) {
+        let r: Vec<Record> = (from..from + n)
+            .map(|seq| {
+                let v = json!({"event": "test", "seq": seq, "event_id": format!("id-{seq}")});
+                Record::parse(v.to_string()).expect("a record")
+            })
+            .collect();
+        let p = r.iter().map(|r| r.line.clone()).collect();
+        (r, p)
+    }
+
+    /// Reads octet-counted frames until EOF; returns the MSG parts.
+    fn read_frames(s: TcpStream) -> Vec<String> {
+        let mut r = std::io::BufReader::new(s);
+        let mut out = Vec::new();
+        loop {
+            let mut len = Vec::new();
+            if r.read_until(b' ', &mut len).unwrap_or(0) == 0 {
+                return out;
+            }
+            let n: usize = String::from_utf8_lossy(&len[..len.len() - 1])
+                .parse()
+                .expect("frame length");
+            let mut msg = vec![0u8; n];
+            r.read_exact(&mut msg).expect("frame body");
+            let m = String::from_utf8(msg).expect("utf-8");
+            out.push(m.split_once("] ").map(|(_, m)| m.to_string()).unwrap_or(m));
+        }
+    }
+
+    #[test]
+    fn tcp_frames_reconnect_and_resend_what_a_closed_collector_may_have_lost() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let mut s = Syslog::new(&SyslogSink {
+            transport: SyslogTransport::Tcp,
+            address: addr,
+            facility: "local0".into(),
+            resend_secs: 60,
+        });
+        let (r1, p1) = recs(0, 3);
+        s.send(&r1, &p1).expect("first batch");
+        let (r2, p2) = recs(3, 2);
+        s.send(&r2, &p2).expect("second batch");
+        let (conn, _) = l.accept().expect("accept");
+        conn.shutdown(std::net::Shutdown::Write)
+            .expect("close our side");
+        // The collector reads what was sent and goes away.
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 65536];
+        let n = (&conn).read(&mut buf).expect("read");
+        assert!(n > 0);
+        drop(conn);
+        // The next batch notices the closed connection before writing, and
+        // asks for everything sent on it within resend_secs again.
+        let (r3, p3) = recs(5, 1);
+        let err = s
+            .send(&r3, &p3)
+            .expect_err("collector closed the connection");
+        assert_eq!(err.resend_from, Some(0), "{err:?}");
+        // A new connection gets the resent records, framed.
+        let (r, p) = recs(0, 6);
+        s.send(&r, &p).expect("resend on a new connection");
+        drop(s);
+        let (conn, _) = l.accept().expect("accept again");
+        let got = read_frames(conn);
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<Value>(m).expect("MSG is the record")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn resend_covers_the_window_and_at_least_the_last_batch() {
+        let mut s = Syslog::new(&SyslogSink {
+            transport: SyslogTransport::Tcp,
+            address: "127.0.0.1:1".into(),
+            facility: "local0".into(),
+            resend_secs: 5,
+        });
+        let old = Instant::now() - Duration::from_secs(60);
+        s.sent.extend([(0, old), (10, old), (20, old)]);
+        assert_eq!(s.resend_from(30), 20, "the last batch, however old");
+        s.sent.push_back((30, Instant::now()));
+        assert_eq!(s.resend_from(40), 30, "only what is in the window");
+        s.sent.clear();
+        assert_eq!(s.resend_from(40), 40, "nothing sent on this connection");
     }
 }
