@@ -331,6 +331,11 @@ pub fn map(record: &Value) -> Value {
         out.insert("duration".into(), d.into());
         used.push("duration_ms");
     }
+    // Statements carry microseconds; OCSF durations are milliseconds.
+    if let Some(d) = rec.get("duration_us").and_then(Value::as_u64) {
+        out.entry("duration").or_insert_with(|| (d / 1000).into());
+        used.push("duration_us");
+    }
 
     match class.class_uid {
         4001 => {
@@ -376,8 +381,16 @@ pub fn map(record: &Value) -> Value {
             if !q.is_empty() {
                 out.insert("query_info".into(), Value::Object(q));
             }
-            if let Some(tables) = rec.get("tables").and_then(Value::as_array)
-                && let Some(first) = tables.iter().find_map(Value::as_str)
+            // The table written (what the statement changes) names the event,
+            // else the first table read; all of them stay in `unmapped`.
+            let first_of = |k: &str| {
+                rec.get(k)
+                    .and_then(Value::as_array)
+                    .and_then(|t| t.iter().find_map(Value::as_str))
+            };
+            if let Some(first) = first_of("tables")
+                .or_else(|| first_of("tables_written"))
+                .or_else(|| first_of("tables_read"))
             {
                 out.insert("table".into(), json!({"name": first}));
             }
@@ -440,6 +453,23 @@ mod tests {
             o.extend(b);
         }
         v
+    }
+
+    #[test]
+    fn a_proxy_statement_record_names_its_table_and_duration() {
+        let o = map(&json!({
+            "event": "statement", "event_id": "01a2090a-4aa2-77c2-942b-3c47507e4e0d",
+            "ts": "2026-11-23T15:33:15.102918Z", "seq": 9, "host": "vm",
+            "statement": "DELETE FROM orders", "kinds": ["delete"],
+            "tables_read": [], "tables_written": ["public.orders"],
+            "decision": "deny", "rule": "no-where-less", "duration_us": 4200,
+            "database": "app", "upstream_user": "app"
+        }));
+        assert_eq!(o["class_uid"], 6005, "{o:#}");
+        assert_eq!(o["activity_id"], 7, "{o:#}");
+        assert_eq!(o["table"]["name"], "public.orders", "{o:#}");
+        assert_eq!(o["duration"], 4, "{o:#}");
+        assert_eq!(o["database"]["name"], "app", "{o:#}");
     }
 
     #[test]
