@@ -211,9 +211,7 @@ impl Collector {
             return false;
         }
         let name = name_of(n);
-        self.scopes
-            .last()
-            .is_some_and(|s| s.iter().any(|c| *c == name))
+        self.scopes.last().is_some_and(|s| s.contains(&name))
     }
 
     fn read(&mut self, t: String) {
@@ -868,10 +866,8 @@ fn guard(tokens: &[Token]) -> Result<(), String> {
                     }
                 }
             }
-            Token::RParen | Token::RBracket => {
-                if stack.pop() == Some(true) {
-                    risky -= 1;
-                }
+            Token::RParen | Token::RBracket if stack.pop() == Some(true) => {
+                risky -= 1;
             }
             _ => {}
         }
