@@ -155,6 +155,14 @@ enum PolicyCommand {
         /// Decide at this UTC time (e.g. 2026-01-05T12:00:00Z) instead of now.
         #[arg(long)]
         at: Option<String>,
+        /// Also decide this SQL text, sent as one simple-query message on a new
+        /// session: the analysis and the decision of every statement.
+        #[arg(long)]
+        sql: Option<String>,
+        /// Database user of that session (for `"$user"` on the search_path);
+        /// default: the workload's `user`, else `postgres`.
+        #[arg(long)]
+        db_user: Option<String>,
     },
 }
 
@@ -329,6 +337,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     workload,
                     target,
                     at,
+                    sql,
+                    db_user,
                 },
         } => {
             let p = policy::CompiledPolicy::load(&paths)
@@ -347,6 +357,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let (text, _) = policy::explain::explain(&p, &subject, &target, now)
                 .map_err(|e| anyhow::anyhow!(e))?;
             print!("{text}");
+            if let Some(sql) = sql {
+                let user = db_user
+                    .or_else(|| subject.user.clone())
+                    .unwrap_or_else(|| "postgres".into());
+                let (text, _) =
+                    policy::explain::explain_sql(&p, &subject, &target, now, &sql, &user)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                print!("{text}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {

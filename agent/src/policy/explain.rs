@@ -202,3 +202,126 @@ pub fn explain(
     );
     Ok((s, d))
 }
+
+/// A readable account of how a SQL text would be decided, statement by statement
+/// (`portcullis policy explain --sql`): the analysis, every rule's conditions, and
+/// the decision of each statement and of the whole message.
+pub fn explain_sql(
+    policy: &CompiledPolicy,
+    subject: &Subject,
+    target: &str,
+    now_unix: u64,
+    sql: &str,
+    db_user: &str,
+) -> Result<(String, Decision), String> {
+    use crate::protocol::sql::{Analyzer, SqlSession, decide_message};
+    let t = policy
+        .target_by_name(target)
+        .ok_or_else(|| format!("target `{target}` is not defined"))?;
+    let analysis = Analyzer::new(0).analyze(sql);
+    let session = SqlSession::new(db_user, None);
+    let m = decide_message(policy, subject, t.id, now_unix, &session, &analysis);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nsql (database user {db_user}; search_path candidates {}):",
+        session.candidate_schemas().join(", ")
+    );
+    if let Some(e) = &analysis.error {
+        let _ = writeln!(
+            s,
+            "  the text does not parse: {e}\n  defaults.unparseable of {} is {:?}",
+            t.name, t.unparseable
+        );
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    for (i, d) in m.statements.iter().enumerate() {
+        let info = analysis.statements.get(i);
+        if let Some(info) = info {
+            let _ = writeln!(s, "\n  [{}] {}", i + 1, info.fingerprint);
+            if !info.dangerous.is_empty() {
+                let _ = writeln!(s, "      dangerous: {}", info.dangerous.join(", "));
+            }
+        }
+        if let Some(e) = &d.error {
+            let _ = writeln!(s, "      cannot be decided on its facts: {e}");
+        }
+        if let Some(f) = &d.facts {
+            let kinds: Vec<String> = f
+                .kinds
+                .iter()
+                .map(|k| {
+                    serde_json::to_value(k)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let _ = writeln!(s, "      kinds:          {}", list(&kinds));
+            let _ = writeln!(s, "      tables read:    {}", list(&f.tables_read));
+            let _ = writeln!(s, "      tables written: {}", list(&f.tables_written));
+            let _ = writeln!(s, "      columns:        {}", list(&f.columns));
+            let _ = writeln!(s, "      functions:      {}", list(&f.functions));
+            let _ = writeln!(s, "      where_less:     {}", f.where_less);
+            let _ = writeln!(s, "      rules:");
+            for &ri in policy.rules_for(t.id) {
+                let r = &policy.rules[ri];
+                let matched = r
+                    .workloads
+                    .iter()
+                    .any(|w| policy.workloads[*w].selector.matches(subject));
+                let status = if !matched {
+                    "not a candidate: no workload matched".to_string()
+                } else if r.time.as_ref().is_some_and(|w| !w.contains(now_unix)) {
+                    "outside its time window".to_string()
+                } else if r.request_conditions.is_none() {
+                    "no conditions: applies to every statement".to_string()
+                } else if let Some(c) = &r.sql {
+                    let fields: Vec<String> = c
+                        .field_results(f)
+                        .iter()
+                        .map(|(n, ok)| format!("{n} {}", if *ok { "✓" } else { "✗" }))
+                        .collect();
+                    format!(
+                        "{}: {}",
+                        if c.matches(f) {
+                            "holds"
+                        } else {
+                            "does not hold"
+                        },
+                        fields.join("  ")
+                    )
+                } else {
+                    "conditions for another protocol".to_string()
+                };
+                let _ = writeln!(
+                    s,
+                    "        {:<28} {:<16} {status}",
+                    r.id,
+                    effect_name(r.effect)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "      decision: {} by rule {} → {}",
+            effect_name(d.decision.decided),
+            d.decision.rule,
+            d.decision.label()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nmessage decision: {} by rule {} → {}\n  a message is decided as a whole: the most restrictive decision among its statements",
+        effect_name(m.decision.decided),
+        m.decision.rule,
+        m.decision.label()
+    );
+    Ok((s, m.decision))
+}

@@ -9,7 +9,17 @@
 //!     workload: { uid: 0, exe: /usr/lib/postgresql/15/bin/psql }
 //!     target: demo-postgres
 //!     expect: { effect: allow, rule: ops-psql-may-connect }
+//!   - name: the service never deletes every row
+//!     workload: { unit: payments-api.service }
+//!     target: payments-db
+//!     sql: "DELETE FROM payments"
+//!     expect: { effect: deny, rule: no-where-less-writes }
 //! ```
+//!
+//! With `sql`, the case decides that text as one simple-query message on a new
+//! session (database user `db_user`, default the workload's `user`, else
+//! `postgres`; default search_path): every statement is decided and the most
+//! restrictive decision is the one compared with `expect`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,8 +29,9 @@ use serde::Deserialize;
 use super::locate::Locations;
 use super::spec::Effect;
 use super::{
-    API_VERSION, Action, CompiledPolicy, Outcome, PolicyError, Request, Subject, evaluate,
+    API_VERSION, Action, CompiledPolicy, Outcome, PolicyError, Protocol, Request, Subject, evaluate,
 };
+use crate::protocol::sql::{Analyzer, SqlSession, decide_message};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +65,11 @@ struct TestCase {
     request: RequestKind,
     /// RFC 3339 UTC time the request is decided at (default: a Monday, 12:00 UTC).
     at: Option<String>,
+    /// SQL text sent as one simple-query message: the statements are decided
+    /// instead of the connection.
+    sql: Option<String>,
+    /// Database user of the session (for `"$user"` on the search_path).
+    db_user: Option<String>,
     expect: Expect,
 }
 
@@ -272,18 +288,37 @@ pub fn run_text(policy: &CompiledPolicy, file: &Path, text: &str, report: &mut T
                 continue;
             }
         };
-        let action = match case.request {
-            RequestKind::Connect => Action::Connect,
+        let d = if let Some(sql) = &case.sql {
+            if !matches!(target.protocol, Protocol::Postgres | Protocol::Mysql) {
+                report.cases.push(fail(format!(
+                    "`sql` is given but target `{}` is of protocol {}",
+                    case.target,
+                    target.protocol.name()
+                )));
+                continue;
+            }
+            let user = case
+                .db_user
+                .clone()
+                .or_else(|| case.workload.user.clone())
+                .unwrap_or_else(|| "postgres".into());
+            let session = SqlSession::new(&user, None);
+            let analysis = Analyzer::new(0).analyze(sql);
+            decide_message(policy, &case.workload, target.id, now, &session, &analysis).decision
+        } else {
+            let action = match case.request {
+                RequestKind::Connect => Action::Connect,
+            };
+            evaluate(
+                policy,
+                &Request {
+                    subject: &case.workload,
+                    target: target.id,
+                    action,
+                    now_unix: now,
+                },
+            )
         };
-        let d = evaluate(
-            policy,
-            &Request {
-                subject: &case.workload,
-                target: target.id,
-                action,
-                now_unix: now,
-            },
-        );
         let mut problems = Vec::new();
         if d.decided != case.expect.effect {
             problems.push(format!("effect {}", super::effect_name(d.decided)));

@@ -817,3 +817,332 @@ fn published_schema_is_current() {
     let v: serde_json::Value = serde_json::from_str(&published).expect("schema is JSON");
     assert!(v["properties"]["rules"].is_object(), "rules are described");
 }
+
+// ---- statements (`when.sql`) -----------------------------------------------------------
+
+const SQL_POLICY: &str = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: app
+    match: { uid: 1000 }
+  - name: ops
+    match: { uid: 0 }
+targets:
+  - name: pg
+    addresses: ["127.0.0.1"]
+    ports: [5432]
+    protocol: postgres
+  - name: lenient
+    addresses: ["127.0.0.2"]
+    ports: [5432]
+    protocol: postgres
+    defaults: { unparseable: allow }
+rules:
+  - id: app-connects
+    workloads: [app]
+    targets: [pg, lenient]
+    effect: allow
+  - id: no-accounts-writes
+    workloads: [app]
+    targets: [pg]
+    effect: deny
+    when: { sql: { tables_written: ["public.accounts"] } }
+  - id: no-where-less
+    workloads: [app]
+    targets: [pg]
+    effect: deny
+    when: { sql: { statements: [update, delete], where_less: true } }
+  - id: ddl-needs-approval
+    workloads: [app]
+    targets: [pg]
+    effect: require_approval
+    approval: { approvers: [dba], timeout: 5m }
+    when: { sql: { statements: [create, alter, drop] } }
+  - id: no-file-reads
+    workloads: [app]
+    targets: [pg]
+    effect: deny
+    when: { sql: { functions: ["pg_read_*"] } }
+  - id: no-ssn
+    workloads: [app]
+    targets: [pg]
+    effect: deny
+    when: { sql: { columns: ["*.people.ssn"] } }
+  - id: reads-of-secrets-need-both
+    workloads: [app]
+    targets: [pg]
+    effect: deny
+    when: { sql: { statements: [select], tables_read: ["secret.*"] } }
+  - id: ops-selects-only
+    workloads: [ops]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [select] } }
+"#;
+
+fn facts(kinds: &[spec::StatementKind]) -> StatementFacts {
+    StatementFacts {
+        kinds: kinds.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn decide(p: &CompiledPolicy, uid: u32, target: u32, action: Action<'_>) -> Decision {
+    let s = Subject {
+        uid: Some(uid),
+        ..Default::default()
+    };
+    evaluate(
+        p,
+        &Request {
+            subject: &s,
+            target,
+            action,
+            now_unix: testing::DEFAULT_TEST_TIME,
+        },
+    )
+}
+
+#[test]
+fn connection_level_allow_applies_to_every_statement() {
+    use spec::StatementKind as K;
+    let p = compile(SQL_POLICY).expect("valid");
+    let f = StatementFacts {
+        tables_read: vec!["public.orders".into()],
+        ..facts(&[K::Select])
+    };
+    let d = decide(&p, 1000, 0, Action::Statement(&f));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "app-connects")
+    );
+}
+
+#[test]
+fn each_sql_condition_field() {
+    use spec::StatementKind as K;
+    let p = compile(SQL_POLICY).expect("valid");
+    let cases: Vec<(StatementFacts, &str)> = vec![
+        (
+            StatementFacts {
+                tables_written: vec!["public.accounts".into()],
+                ..facts(&[K::Update])
+            },
+            "no-accounts-writes",
+        ),
+        // Read, not written: the tables_written condition does not hold.
+        (
+            StatementFacts {
+                tables_read: vec!["public.accounts".into()],
+                ..facts(&[K::Select])
+            },
+            "app-connects",
+        ),
+        (
+            StatementFacts {
+                where_less: true,
+                tables_written: vec!["public.orders".into()],
+                ..facts(&[K::Delete])
+            },
+            "no-where-less",
+        ),
+        // where_less must equal: a DELETE with a WHERE passes.
+        (
+            StatementFacts {
+                tables_written: vec!["public.orders".into()],
+                ..facts(&[K::Delete])
+            },
+            "app-connects",
+        ),
+        // where_less on a statement of another kind: `statements` does not hold.
+        (
+            StatementFacts {
+                where_less: true,
+                ..facts(&[K::Insert])
+            },
+            "app-connects",
+        ),
+        (
+            StatementFacts {
+                functions: vec!["pg_read_file".into()],
+                ..facts(&[K::Select])
+            },
+            "no-file-reads",
+        ),
+        (
+            StatementFacts {
+                columns: vec!["public.people.ssn".into(), "people.ssn".into()],
+                ..facts(&[K::Select])
+            },
+            "no-ssn",
+        ),
+        // All fields of a condition must hold: secret.* read by a SELECT...
+        (
+            StatementFacts {
+                tables_read: vec!["secret.keys".into()],
+                ..facts(&[K::Select])
+            },
+            "reads-of-secrets-need-both",
+        ),
+        // ...but not by a COPY (statements does not hold).
+        (
+            StatementFacts {
+                tables_read: vec!["secret.keys".into()],
+                ..facts(&[K::Copy])
+            },
+            "app-connects",
+        ),
+        // Any of the kinds: EXPLAIN ANALYZE DELETE is [explain, delete].
+        (
+            StatementFacts {
+                where_less: true,
+                ..facts(&[K::Explain, K::Delete])
+            },
+            "no-where-less",
+        ),
+    ];
+    for (f, want) in cases {
+        let d = decide(&p, 1000, 0, Action::Statement(&f));
+        assert_eq!(d.rule, want, "{f:?}");
+    }
+}
+
+#[test]
+fn statement_precedence_deny_over_approval_over_allow() {
+    use spec::StatementKind as K;
+    let p = compile(SQL_POLICY).expect("valid");
+    let ddl = StatementFacts {
+        tables_written: vec!["public.orders".into()],
+        ..facts(&[K::Alter])
+    };
+    let d = decide(&p, 1000, 0, Action::Statement(&ddl));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Hold, "ddl-needs-approval")
+    );
+    let ddl_accounts = StatementFacts {
+        tables_written: vec!["public.accounts".into()],
+        ..facts(&[K::Drop])
+    };
+    let d = decide(&p, 1000, 0, Action::Statement(&ddl_accounts));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Deny, "no-accounts-writes")
+    );
+}
+
+#[test]
+fn conditional_allow_decides_only_matching_statements() {
+    use spec::StatementKind as K;
+    let p = compile(SQL_POLICY).expect("valid");
+    // ops may connect (a conditional allow lets the workload connect)...
+    let d = decide(&p, 0, 0, Action::Connect);
+    assert_eq!(d.rule, "ops-selects-only");
+    // ...and its SELECTs are allowed, anything else falls to the default.
+    let d = decide(&p, 0, 0, Action::Statement(&facts(&[K::Select])));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "ops-selects-only")
+    );
+    let d = decide(&p, 0, 0, Action::Statement(&facts(&[K::Insert])));
+    assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Deny, DEFAULT_DENY));
+}
+
+#[test]
+fn unparseable_follows_the_target_default() {
+    let p = compile(SQL_POLICY).expect("valid");
+    // pg: defaults.unparseable is deny (the default).
+    let d = decide(&p, 1000, 0, Action::Unparseable);
+    assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Deny, UNPARSEABLE));
+    // lenient: allow → decided as a statement matching no condition.
+    let d = decide(&p, 1000, 1, Action::Unparseable);
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "app-connects")
+    );
+    // ops has only a conditional allow, which an unparseable request never matches.
+    let d = decide(&p, 0, 0, Action::Unparseable);
+    assert_eq!(d.rule, UNPARSEABLE);
+}
+
+#[test]
+fn monitor_mode_sql_rules_annotate_only() {
+    use spec::StatementKind as K;
+    let text = SQL_POLICY.to_string();
+    let monitor = r#"
+apiVersion: portcullis.dev/v1
+mode: monitor
+rules:
+  - id: watch-truncate
+    workloads: [app]
+    targets: [pg]
+    effect: deny
+    when: { sql: { statements: [truncate] } }
+"#;
+    let p = CompiledPolicy::from_sources_with(
+        &[
+            (PathBuf::from("a.yaml"), text),
+            (PathBuf::from("b.yaml"), monitor.to_string()),
+        ],
+        &fake_dns,
+    )
+    .expect("valid");
+    let f = StatementFacts {
+        tables_written: vec!["public.orders".into()],
+        ..facts(&[K::Truncate])
+    };
+    let d = decide(&p, 1000, 0, Action::Statement(&f));
+    assert_eq!(
+        (d.outcome, d.rule.as_str(), d.label()),
+        (Outcome::Allow, "watch-truncate", "would_deny")
+    );
+}
+
+#[test]
+fn sql_policy_tests_and_explain() {
+    let p = compile(SQL_POLICY).expect("valid");
+    let tests = r#"
+apiVersion: portcullis.dev/v1
+tests:
+  - name: a where-less delete in a CTE is refused
+    workload: { uid: 1000 }
+    target: pg
+    sql: "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d"
+    expect: { effect: deny, rule: no-where-less }
+  - name: unqualified accounts is public.accounts
+    workload: { uid: 1000 }
+    target: pg
+    sql: "SELECT 1; UPDATE accounts SET x = 1 WHERE id = 2"
+    expect: { effect: deny, rule: no-accounts-writes }
+  - name: reads pass
+    workload: { uid: 1000 }
+    target: pg
+    sql: "SELECT * FROM orders"
+    expect: { effect: allow, rule: app-connects }
+  - name: unparseable
+    workload: { uid: 1000 }
+    target: pg
+    sql: "SELEKT"
+    expect: { effect: deny, rule: unparseable }
+"#;
+    let mut report = testing::TestReport::default();
+    testing::run_text(&p, Path::new("t.test.yaml"), tests, &mut report);
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.passed(), 4);
+    let s = Subject {
+        uid: Some(1000),
+        ..Default::default()
+    };
+    let (text, d) = explain::explain_sql(
+        &p,
+        &s,
+        "pg",
+        testing::DEFAULT_TEST_TIME,
+        "SELECT pg_read_file('/etc/passwd')",
+        "app",
+    )
+    .unwrap();
+    assert_eq!(d.rule, "no-file-reads");
+    assert!(text.contains("functions ✓"), "{text}");
+    assert!(text.contains("dangerous: pg_read_file"), "{text}");
+}

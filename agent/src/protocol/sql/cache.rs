@@ -69,6 +69,7 @@ impl Analyzer {
     }
 
     /// Texts currently cached (for tests and metrics).
+    #[allow(dead_code)]
     pub fn cached(&self) -> usize {
         let g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         g.young.len() + g.old.len()

@@ -23,7 +23,10 @@ mod corpus;
 #[cfg(test)]
 mod tests;
 
+// The API the PostgreSQL proxy (agent/src/protocol/postgres, in progress) calls.
+#[allow(unused_imports)]
 pub use analyze::{Analysis, StatementInfo};
 pub use cache::Analyzer;
+#[allow(unused_imports)]
 pub use decide::{MessageDecision, StatementDecision, decide_message, most_restrictive};
 pub use session::SqlSession;

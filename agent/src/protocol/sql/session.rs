@@ -164,15 +164,15 @@ impl SqlSession {
 
     /// After the server completed the statement successfully.
     pub fn completed(&mut self, s: &StatementInfo) {
-        if let Some((name, inner)) = &s.prepare {
-            if self.prepared.len() < MAX_PREPARED || self.prepared.contains_key(name) {
-                match self.qualify(&inner.facts) {
-                    Ok(f) => {
-                        self.prepared.insert(name.clone(), f);
-                    }
-                    Err(_) => {
-                        self.prepared.remove(name);
-                    }
+        if let Some((name, inner)) = &s.prepare
+            && (self.prepared.len() < MAX_PREPARED || self.prepared.contains_key(name))
+        {
+            match self.qualify(&inner.facts) {
+                Ok(f) => {
+                    self.prepared.insert(name.clone(), f);
+                }
+                Err(_) => {
+                    self.prepared.remove(name);
                 }
             }
         }
@@ -189,7 +189,8 @@ impl SqlSession {
         // RESET / DISCARD ALL go back to the startup path, already among the schemas.
     }
 
-    /// Names of the SQL-level prepared statements (for tests and `explain`).
+    /// Names of the SQL-level prepared statements (for tests and the proxy).
+    #[allow(dead_code)]
     pub fn prepared_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.prepared.keys().cloned().collect();
         v.sort();
