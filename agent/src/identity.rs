@@ -476,14 +476,20 @@ mod tests {
             redact_arg("host=db port=5432 user=app password=s3cret dbname=x"),
             "host=db port=5432 user=app password=**** dbname=x"
         );
-        assert_eq!(redact_arg("password='a b c' user=u"), "password=**** user=u");
+        assert_eq!(
+            redact_arg("password='a b c' user=u"),
+            "password=**** user=u"
+        );
         assert_eq!(
             redact_arg("postgresql://app:s3cret@db:5432/app?sslmode=require"),
             "postgresql://app:****@db:5432/app?sslmode=require"
         );
         assert_eq!(redact_arg("--password=hunter2"), "--password=****");
         assert_eq!(redact_arg("PGPASSWORD=x"), "PGPASSWORD=****");
-        assert_eq!(redact_arg("postgresql://app@db/app"), "postgresql://app@db/app");
+        assert_eq!(
+            redact_arg("postgresql://app@db/app"),
+            "postgresql://app@db/app"
+        );
         assert_eq!(redact_arg("select 1"), "select 1");
     }
 }

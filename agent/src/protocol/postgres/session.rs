@@ -165,13 +165,13 @@ pub async fn serve(mut ctx: Ctx, client: TcpStream) -> Summary {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return finish(ctx, sum),
         Ok(Err((fail, client))) => {
-            if let Some(mut c) = client {
-                if !fail.client.is_empty() {
-                    let mut out = BytesMut::new();
-                    codec::error_response(&mut out, "FATAL", fail.sqlstate, &fail.client);
-                    let _ = send(&mut c, &mut out).await;
-                    let _ = c.shutdown().await;
-                }
+            if let Some(mut c) = client
+                && !fail.client.is_empty()
+            {
+                let mut out = BytesMut::new();
+                codec::error_response(&mut out, "FATAL", fail.sqlstate, &fail.client);
+                let _ = send(&mut c, &mut out).await;
+                let _ = c.shutdown().await;
             }
             sum.end = fail.end;
             sum.error = Some(fail.detail);
@@ -1173,15 +1173,15 @@ impl Session<'_> {
         if let Some(n) = &s.name {
             m.insert("prepared_name".into(), n.clone().into());
         }
-        if let Some(f) = &s.facts {
-            if let Ok(Value::Object(fm)) = serde_json::to_value(f) {
-                m.extend(fm);
-            }
+        if let Some(f) = &s.facts
+            && let Ok(Value::Object(fm)) = serde_json::to_value(f)
+        {
+            m.extend(fm);
         }
-        if let Some(i) = &s.info {
-            if !i.dangerous.is_empty() {
-                m.insert("dangerous".into(), json!(i.dangerous));
-            }
+        if let Some(i) = &s.info
+            && !i.dangerous.is_empty()
+        {
+            m.insert("dangerous".into(), json!(i.dangerous));
         }
         if let Some(e) = &s.parse_error {
             m.insert("parse_error".into(), e.clone().into());
@@ -1232,10 +1232,10 @@ impl Session<'_> {
         err: Option<&codec::Notice>,
     ) {
         let rows = rows.or(Some(run.rows));
-        if err.is_none() {
-            if let Some(i) = &run.stmt.info {
-                t.sql.completed(i);
-            }
+        if err.is_none()
+            && let Some(i) = &run.stmt.info
+        {
+            t.sql.completed(i);
         }
         if let Some(r) = t.recorder.as_mut() {
             match err {
@@ -1684,26 +1684,27 @@ impl Session<'_> {
                     Some(Op::Simple { cur: Some(run), .. })
                     | Some(Op::Execute { run: Some(run), .. }) => {
                         run.rows += 1;
-                        if keep && run.kept.len() < RECORDED_ROWS {
-                            if let Ok(vals) = codec::data_row(&f.body) {
-                                let row: Vec<Value> = vals
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, v)| {
-                                        let fmt = if run.columns.is_empty() {
-                                            format_of(&run.formats, i)
-                                        } else {
-                                            run.columns
-                                                .get(i)
-                                                .map(|c| c.1)
-                                                .unwrap_or(0)
-                                                .max(format_of(&run.formats, i))
-                                        };
-                                        value_json(*v, fmt)
-                                    })
-                                    .collect();
-                                run.kept.push(Value::Array(row));
-                            }
+                        if keep
+                            && run.kept.len() < RECORDED_ROWS
+                            && let Ok(vals) = codec::data_row(&f.body)
+                        {
+                            let row: Vec<Value> = vals
+                                .iter()
+                                .enumerate()
+                                .map(|(i, v)| {
+                                    let fmt = if run.columns.is_empty() {
+                                        format_of(&run.formats, i)
+                                    } else {
+                                        run.columns
+                                            .get(i)
+                                            .map(|c| c.1)
+                                            .unwrap_or(0)
+                                            .max(format_of(&run.formats, i))
+                                    };
+                                    value_json(*v, fmt)
+                                })
+                                .collect();
+                            run.kept.push(Value::Array(row));
                         }
                     }
                     Some(Op::Simple {
@@ -1731,10 +1732,10 @@ impl Session<'_> {
                     Some(Op::Simple {
                         cur, stmts, next, ..
                     }) => {
-                        if cur.is_none() {
-                            if let Some(s) = stmts.get(*next) {
-                                *cur = Some(Running::new(s.clone(), Vec::new()));
-                            }
+                        if cur.is_none()
+                            && let Some(s) = stmts.get(*next)
+                        {
+                            *cur = Some(Running::new(s.clone(), Vec::new()));
                         }
                         if let Some(run) = cur {
                             run.columns = codec::row_description(&f.body).unwrap_or_default();

@@ -110,10 +110,13 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// (CA file, host name verified) of a client configuration.
+type UpstreamKey = (Option<String>, bool);
+
 /// Client configurations towards targets, built once per (CA file, mode).
 #[derive(Default)]
 pub struct UpstreamConfigs {
-    cache: Mutex<HashMap<(Option<String>, bool), Arc<ClientConfig>>>,
+    cache: Mutex<HashMap<UpstreamKey, Arc<ClientConfig>>>,
 }
 
 impl UpstreamConfigs {
@@ -124,10 +127,10 @@ impl UpstreamConfigs {
     ) -> Result<Arc<ClientConfig>, String> {
         let full = mode == UpstreamTls::VerifyFull;
         let key = (ca_file.map(str::to_string), full);
-        if let Ok(c) = self.cache.lock() {
-            if let Some(cfg) = c.get(&key) {
-                return Ok(cfg.clone());
-            }
+        if let Ok(c) = self.cache.lock()
+            && let Some(cfg) = c.get(&key)
+        {
+            return Ok(cfg.clone());
         }
         let roots = Arc::new(roots(ca_file)?);
         let builder = ClientConfig::builder_with_provider(provider())
