@@ -1,8 +1,10 @@
 //! `cargo xtask demo`: a throwaway PostgreSQL on 127.0.0.1:15432, the agent attached
 //! at the root of the cgroup v2 hierarchy (the production default) with
-//! policies/demo.yaml, and a short workload: an allowed psql, a denied Python
-//! script, a default-denied shell, and a raw-socket bypass attempt. Prints what was
-//! allowed, denied and recorded, then detaches explicitly (audited) and cleans up.
+//! policies/demo.yaml, and a short workload: psql whose statements are decided one
+//! by one (the agent logs in upstream with a credential the operator never holds),
+//! a denied Python script, a default-denied shell, and a raw-socket bypass attempt.
+//! Prints what was allowed, denied and recorded (audit records and the session
+//! recording), then detaches explicitly (audited) and cleans up.
 //!
 //! Only 127.0.0.1:15432 is protected, so attaching at the root touches nothing else.
 
@@ -97,6 +99,13 @@ pub fn demo(smoke: bool) -> Result<()> {
 
     // 1. A throwaway PostgreSQL (initdb refuses root: run it as `postgres`).
     step("starting a throwaway PostgreSQL on 127.0.0.1:15432");
+    let app_password = {
+        let mut raw = [0u8; 12];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+            .context("reading /dev/urandom")?;
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     let pg = dir.join("pg");
     let sock = dir.join("sock");
     std::fs::create_dir_all(&sock)?;
@@ -109,9 +118,10 @@ pub fn demo(smoke: bool) -> Result<()> {
         c.args(["-u", "postgres", "--"]).arg(pg_bin.join(bin));
         c
     };
+    // Over TCP the server asks for a password (SCRAM); only the agent has one.
     output(as_pg("initdb").args(["-D"]).arg(&pg).args([
-        "-A",
-        "trust",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
         "-U",
         "postgres",
         "--no-sync",
@@ -141,12 +151,23 @@ pub fn demo(smoke: bool) -> Result<()> {
             .args(["-X", "-q", "-h"])
             .arg(&sock)
             .args(["-p", &PG_PORT.to_string(), "-U", "postgres", "-c"])
-            .arg(
+            .arg(format!(
                 "CREATE TABLE accounts(id int primary key, owner text, balance numeric);
-                 INSERT INTO accounts SELECT g, 'customer-' || g, g * 100 FROM generate_series(1, 42) g;",
-            ),
+                 INSERT INTO accounts SELECT g, 'customer-' || g, g * 100 FROM generate_series(1, 42) g;
+                 CREATE ROLE app LOGIN PASSWORD '{app_password}';
+                 GRANT SELECT, UPDATE, DELETE ON accounts TO app;"
+            )),
     )
     .context("seeding the demo database")?;
+    // The agent's credential for the database: a file only root can read.
+    let creds = dir.join("credentials");
+    std::fs::create_dir_all(&creds)?;
+    let cred = creds.join("demo-app.yaml");
+    std::fs::write(&cred, format!("user: app\npassword: \"{app_password}\"\n"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600))?;
+    }
 
     // 2. The agent at the cgroup v2 root, with policies/demo.yaml.
     step("starting the agent (cgroup v2 root, policies/demo.yaml)");
@@ -159,10 +180,11 @@ pub fn demo(smoke: bool) -> Result<()> {
     std::fs::write(
         &d.config,
         format!(
-            "policy_dir: {}\nstate_dir: {}\nruntime_dir: {}\nbpffs_dir: {BPFFS}\ncgroup: auto\nlisten_port: {AGENT_PORT}\n",
+            "policy_dir: {}\nstate_dir: {}\nruntime_dir: {}\nbpffs_dir: {BPFFS}\ncgroup: auto\nlisten_port: {AGENT_PORT}\ncredentials_dir: {}\n",
             pol.display(),
             dir.join("state").display(),
-            dir.join("run").display()
+            dir.join("run").display(),
+            creds.display()
         ),
     )?;
     let mut child = Command::new(&agent_bin)
@@ -199,23 +221,28 @@ pub fn demo(smoke: bool) -> Result<()> {
     println!("{}", status(&["status"])?);
 
     // 3. The workload, with unchanged clients pointed at the database's real address.
-    step("psql (root) → 127.0.0.1:15432: the policy allows it");
-    let psql = Command::new(pg_bin.join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &PG_PORT.to_string(),
-            "-U",
-            "postgres",
-            "-c",
-        ])
-        .arg("SELECT count(*) AS accounts, sum(balance) AS total FROM accounts")
-        .output()?;
+    step("psql (root, no password) → 127.0.0.1:15432: connection allowed, each statement decided");
+    let statements = [
+        "SELECT count(*) AS accounts, sum(balance) AS total FROM accounts",
+        "DELETE FROM accounts",
+        "SELECT pg_read_file('/etc/hostname')",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 7",
+    ];
+    let mut psql_cmd = Command::new(pg_bin.join("psql"));
+    psql_cmd
+        .args(["-X", "-h", "127.0.0.1", "-p", &PG_PORT.to_string()])
+        .args(["-U", "ops", "-d", "postgres"])
+        .env_remove("PGPASSWORD")
+        .env("PGSSLMODE", "disable");
+    for st in statements {
+        println!("  {st}");
+        psql_cmd.args(["-c", st]);
+    }
+    let psql = psql_cmd.output()?;
     print!("{}", String::from_utf8_lossy(&psql.stdout));
     eprint!("{}", String::from_utf8_lossy(&psql.stderr));
-    let psql_ok = psql.status.success() && String::from_utf8_lossy(&psql.stdout).contains("42");
+    let psql_stdout = String::from_utf8_lossy(&psql.stdout);
+    let psql_ok = psql_stdout.contains("42") && psql_stdout.contains("UPDATE 1");
 
     step("python3 script → 127.0.0.1:15432: denied by rule no-python-to-primary");
     let py = Command::new("python3")
@@ -295,9 +322,51 @@ pub fn demo(smoke: bool) -> Result<()> {
                 r["bytes_client_to_upstream"],
                 r["bytes_upstream_to_client"]
             ),
+            Some("statement") => println!(
+                "{:<8} {:<7} {:<36} {:<18} {:<10} {:<24} {}",
+                "stmt",
+                r["attribution"]["pid"],
+                r["statement"].as_str().unwrap_or("?"),
+                format!("as {}", r["upstream_user"].as_str().unwrap_or("?")),
+                r["decision"].as_str().unwrap_or("?"),
+                r["rule"].as_str().unwrap_or("?"),
+                match r["rows"].as_u64() {
+                    Some(n) => format!("{n} row(s)"),
+                    None => r["outcome"].as_str().unwrap_or("").to_string(),
+                }
+            ),
             Some(other) => println!("{other:<8} {}", short(r)),
             None => {}
         }
+    }
+    // The psql session as recorded: what an incident responder replays.
+    let psql_session = recs
+        .iter()
+        .find(|r| {
+            r["event"] == "connection"
+                && r["session"]["protocol"] == "postgres"
+                && r["attribution"]["exe"]
+                    .as_str()
+                    .is_some_and(|e| e.ends_with("/psql"))
+        })
+        .and_then(|r| r["session_id"].as_str())
+        .map(str::to_string);
+    let mut replay_ok = false;
+    if let Some(id) = &psql_session {
+        step(&format!(
+            "the psql session as recorded: portcullis sessions show {}",
+            &id[..id.len().min(12)]
+        ));
+        let show = Command::new(&agent_bin)
+            .args(["sessions", "show", "--dir"])
+            .arg(dir.join("state").join("sessions"))
+            .arg(id)
+            .output()?;
+        let text = String::from_utf8_lossy(&show.stdout);
+        print!("{text}");
+        replay_ok = show.status.success()
+            && text.contains("DELETE FROM accounts")
+            && text.contains("42501");
     }
     step("removing enforcement explicitly (portcullis detach --yes; audited)");
     if let Some(mut a) = d.agent.take() {
@@ -333,6 +402,17 @@ pub fn demo(smoke: bool) -> Result<()> {
                 .as_str()
                 .is_some_and(|e| e.ends_with("/psql"))
     });
+    let stmt = |decision: &str, rule: &str| {
+        recs.iter().any(|r| {
+            r["event"] == "statement"
+                && r["decision"] == decision
+                && r["rule"] == rule
+                && r["upstream_user"] == "app"
+        })
+    };
+    let statements_ok = stmt("allow", "ops-psql-may-connect")
+        && stmt("deny", "no-where-less-writes")
+        && stmt("deny", "no-server-files");
     let denied_rec = recs.iter().any(|r| {
         r["event"] == "connection" && r["decision"] == "deny" && r["rule"] == "no-python-to-primary"
     });
@@ -340,8 +420,10 @@ pub fn demo(smoke: bool) -> Result<()> {
         r["event"] == "connection" && r["decision"] == "deny" && r["rule"] == "default-deny"
     });
     println!(
-        "\ndemo summary: psql allowed={} python denied={} shell default-denied={} bypass drops={}",
+        "\ndemo summary: psql allowed={} statements decided={} session recorded={} python denied={} shell default-denied={} bypass drops={}",
         psql_ok && allowed_rec,
+        statements_ok,
+        replay_ok,
         py_denied && denied_rec,
         default_rec,
         bypass
@@ -350,6 +432,12 @@ pub fn demo(smoke: bool) -> Result<()> {
         let mut problems = Vec::new();
         if !(psql_ok && allowed_rec) {
             problems.push("psql was not allowed and recorded");
+        }
+        if !statements_ok {
+            problems.push("the psql statements were not decided and audited (allow, no-where-less-writes, no-server-files)");
+        }
+        if !replay_ok {
+            problems.push("the psql session recording does not show the refused DELETE");
         }
         if !(py_denied && denied_rec) {
             problems.push("the python client was not denied by no-python-to-primary");
@@ -370,7 +458,7 @@ pub fn demo(smoke: bool) -> Result<()> {
                 std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
             );
         }
-        println!("demo smoke: 5 passed, 0 failed");
+        println!("demo smoke: 7 passed, 0 failed");
     }
     drop(d);
     Ok(())
