@@ -2,9 +2,9 @@
 //! pgbench, tokio-postgres, psycopg 3) running inside a test cgroup, every
 //! connection redirected through the real agent.
 //!
-//! The target's protocol comes from [`protocol()`]: `tcp` (the L4 relay) unless
-//! `PORTCULLIS_PG_PROTOCOL` says otherwise (e.g. `postgres`), so the same tests run
-//! against the protocol-aware proxy.
+//! The target's protocol comes from [`protocol()`]: `postgres` (the protocol-aware
+//! proxy, relaying each client's own login) unless `PORTCULLIS_PG_PROTOCOL` says
+//! otherwise (`tcp`: the L4 relay), so the same clients prove both paths.
 //!
 //! Every test proves the path two ways: the server's `log_connections` count of TCP
 //! connections equals the agent's `connection` records for the database (nothing
@@ -18,16 +18,26 @@ use portcullis_tests::{Agent, AgentOpts, TempDir, TestCgroup, ci, privileged};
 use serde_json::{Value, json};
 
 /// The target protocol the policies use unless `PORTCULLIS_PG_PROTOCOL` is set.
-const PROTOCOL: &str = "tcp";
+const PROTOCOL: &str = "postgres";
 const RULE: &str = "clients-may-use-app-db";
 
 fn protocol() -> String {
     std::env::var("PORTCULLIS_PG_PROTOCOL").unwrap_or_else(|_| PROTOCOL.to_string())
 }
 
-fn pg_policy(port: u16) -> String {
+fn pg_policy(pg: &PgServer) -> String {
+    let port = pg.port;
+    // The protocol-aware proxy speaks TLS to a server that requires it, checking
+    // its certificate against the test CA.
+    let tls = match (&pg.ca, protocol().as_str()) {
+        (Some(ca), "postgres") => format!(
+            "    tls: {{ upstream: verify-full, ca_file: {} }}\n",
+            ca.display()
+        ),
+        _ => String::new(),
+    };
     format!(
-        "apiVersion: portcullis.dev/v1\nworkloads:\n  - name: pg-clients\n    match: {{ unit: \"pgclients.service\" }}\ntargets:\n  - name: app-db\n    addresses: [\"127.0.0.1\"]\n    ports: [{port}]\n    protocol: {}\nrules:\n  - id: {RULE}\n    workloads: [pg-clients]\n    targets: [app-db]\n    effect: allow\n",
+        "apiVersion: portcullis.dev/v1\nworkloads:\n  - name: pg-clients\n    match: {{ unit: \"pgclients.service\" }}\ntargets:\n  - name: app-db\n    addresses: [\"127.0.0.1\"]\n    ports: [{port}]\n    protocol: {}\n{tls}rules:\n  - id: {RULE}\n    workloads: [pg-clients]\n    targets: [app-db]\n    effect: allow\n",
         protocol()
     )
 }
@@ -58,7 +68,7 @@ fn env(test: &str, opts: PgOpts) -> Option<Env> {
     let cg = TestCgroup::new();
     let unit = cg.unit("pgclients");
     let pg = PgServer::start(opts);
-    let agent = Agent::start(&cg.slice, &pg_policy(pg.port), AgentOpts::default());
+    let agent = Agent::start(&cg.slice, &pg_policy(&pg), AgentOpts::default());
     Some(Env {
         agent,
         pg,
@@ -371,6 +381,34 @@ fn tls_to_a_hostssl_only_server_through_the_agent() {
         return;
     };
     let ca = e.pg.ca.clone().expect("server started with TLS has a CA");
+    if protocol() == "postgres" {
+        // The agent terminates the client side (plain here: no agent certificate
+        // configured) and opens verified TLS to the server itself.
+        let mut cmd = e.pg.psql_command(
+            &e.unit,
+            "app",
+            &[
+                "-A",
+                "-t",
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ],
+        );
+        cmd.env("PGSSLMODE", "prefer");
+        let out = cmd.output().expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql through the agent's TLS to the server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+        let recs = assert_all_through_agent(&e, 1, "/psql");
+        assert!(
+            recs.iter().any(|r| r["session"]["upstream_tls"] == true),
+            "{recs:#?}"
+        );
+        return;
+    }
     let mut cmd = e.pg.psql_command(
         &e.unit,
         "app",
