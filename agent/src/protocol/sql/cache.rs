@@ -6,6 +6,15 @@
 //! full it becomes the old one and the previous old one is dropped. Texts longer
 //! than [`MAX_CACHED_TEXT`] are analysed every time (they are rarely repeated and
 //! would dominate the memory bound).
+//!
+//! Texts that differ only in their literals (`... WHERE aid = 17` and `... WHERE
+//! aid = 42`, as simple-protocol clients send them) share one entry, keyed by the
+//! text's *shape* (literals replaced by `?`): what the policy looks at does not
+//! depend on literal values, with one exception, `SET search_path TO 'x'`, whose
+//! analyses are never shared. The shape is computed by a small scanner that gives
+//! up (and the exact text is the key) on anything it does not handle with
+//! certainty: backslashes, dollar signs (quoting and parameters), prefixed strings
+//! (`E''`, `U&''`, `B''`, `X''`), unterminated quotes or comments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,21 +51,36 @@ impl Analyzer {
     /// The analysis of `sql`. Never panics.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
         let cacheable = self.half > 0 && sql.len() <= MAX_CACHED_TEXT;
-        if cacheable {
+        if !cacheable {
+            return Arc::new(analyze_text(sql));
+        }
+        // A NUL never occurs in statement text (the protocol ends strings with
+        // it), so it marks shape keys apart from exact ones.
+        let shape_key = shape(sql).map(|s| format!("\0{s}"));
+        {
             let mut g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(a) = g.young.get(sql) {
-                return a.clone();
-            }
-            if let Some((k, a)) = g.old.remove_entry(sql) {
-                Self::insert(&mut g, self.half, k, a.clone());
-                return a;
+            for key in [Some(sql), shape_key.as_deref()].into_iter().flatten() {
+                if let Some(a) = g.young.get(key) {
+                    return a.clone();
+                }
+                if let Some((k, a)) = g.old.remove_entry(key) {
+                    Self::insert(&mut g, self.half, k, a.clone());
+                    return a;
+                }
             }
         }
         let a = Arc::new(analyze_text(sql));
-        if cacheable {
-            let mut g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            Self::insert(&mut g, self.half, sql.into(), a.clone());
-        }
+        let shareable = a.error.is_none()
+            && !a
+                .statements
+                .iter()
+                .any(|s| s.set_search_path.is_some() || s.reset_search_path);
+        let key: Box<str> = match shape_key {
+            Some(k) if shareable => k.into(),
+            _ => sql.into(),
+        };
+        let mut g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        Self::insert(&mut g, self.half, key, a.clone());
         a
     }
 
@@ -73,5 +97,176 @@ impl Analyzer {
     pub fn cached(&self) -> usize {
         let g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         g.young.len() + g.old.len()
+    }
+}
+
+/// `sql` with numeric and plain string literals replaced by `?`, everything else
+/// (identifiers, quoted identifiers, comments, operators, spacing) kept as it is;
+/// `None` when the text holds anything this scanner does not handle with
+/// certainty.
+pub fn shape(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    if b.iter().any(|&c| c == b'\\' || c == b'$' || c == 0) {
+        return None;
+    }
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        match c {
+            b'\'' => {
+                // A prefixed string (E'', B'', X'', N'', U&'') is left alone.
+                if i > 0 && (ident(b[i - 1]) || b[i - 1] == b'&') {
+                    return None;
+                }
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return None,
+                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
+                        Some(b'\'') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                out.push(b'?');
+                i = j + 1;
+            }
+            b'"' => {
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return None,
+                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
+                        Some(b'"') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                out.extend_from_slice(&b[i..=j]);
+                i = j + 1;
+            }
+            b'-' if next == Some(b'-') => {
+                let end = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |e| i + e);
+                out.extend_from_slice(&b[i..end]);
+                i = end;
+            }
+            b'/' if next == Some(b'*') => {
+                // Comments nest in PostgreSQL.
+                let (mut depth, mut j) = (0usize, i);
+                loop {
+                    match (b.get(j), b.get(j + 1)) {
+                        (Some(b'/'), Some(b'*')) => {
+                            depth += 1;
+                            j += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            depth -= 1;
+                            j += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        (Some(_), _) => j += 1,
+                        (None, _) => return None,
+                    }
+                }
+                out.extend_from_slice(&b[i..j]);
+                i = j;
+            }
+            b'0'..=b'9' => {
+                let mut j = i;
+                while j < b.len() && (ident(b[j]) || b[j] == b'.') {
+                    j += 1;
+                }
+                out.push(b'?');
+                i = j;
+            }
+            b'.' if next.is_some_and(|n| n.is_ascii_digit()) => {
+                let mut j = i + 1;
+                while j < b.len() && (ident(b[j]) || b[j] == b'.') {
+                    j += 1;
+                }
+                out.push(b'?');
+                i = j;
+            }
+            _ if ident(c) => {
+                let mut j = i;
+                while j < b.len() && ident(b[j]) {
+                    j += 1;
+                }
+                out.extend_from_slice(&b[i..j]);
+                i = j;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_replaced_and_nothing_else() {
+        let s = |t: &str| shape(t);
+        assert_eq!(
+            s("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;").as_deref(),
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = ?;")
+        );
+        assert_eq!(
+            s("select 'it''s', 1.5e3, .5 from t1").as_deref(),
+            Some("select ?, ?, ? from t1")
+        );
+        assert_eq!(
+            s("select \"x'1\" -- it's\n, 2").as_deref(),
+            Some("select \"x'1\" -- it's\n, ?")
+        );
+        assert_eq!(
+            s("select /* a /* 'b' */ 1 */ 3").as_deref(),
+            Some("select /* a /* 'b' */ 1 */ ?")
+        );
+        // Left to the exact cache.
+        for t in [
+            "select E'a\\'b'",
+            "select $$x$$",
+            "select $1",
+            "select U&'d'",
+            "select 'open",
+            "select /* open",
+            "select \"open",
+        ] {
+            assert_eq!(s(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn texts_of_one_shape_share_an_analysis_except_search_path() {
+        let a = Analyzer::new(64);
+        let x = a.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
+        let y = a.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 2");
+        assert!(Arc::ptr_eq(&x, &y));
+        let p = a.analyze("SET search_path TO 'private'");
+        let q = a.analyze("SET search_path TO 'public'");
+        assert!(!Arc::ptr_eq(&p, &q));
+        assert_eq!(
+            q.statements[0].set_search_path.as_deref(),
+            Some(&["public".to_string()][..])
+        );
+        // Different tables never share.
+        let t1 = a.analyze("DELETE FROM t1 WHERE id = 1");
+        let t2 = a.analyze("DELETE FROM t2 WHERE id = 1");
+        assert!(!Arc::ptr_eq(&t1, &t2));
+        assert_ne!(
+            t1.statements[0].facts.tables_written,
+            t2.statements[0].facts.tables_written
+        );
     }
 }
