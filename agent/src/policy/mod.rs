@@ -376,11 +376,14 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The word for audit records: allow, deny, held, would_deny, would_hold.
+    /// The word for audit records: allow, deny, kill, held, would_deny,
+    /// would_hold, would_kill.
     pub fn label(&self) -> &'static str {
         match (self.outcome, self.decided) {
             (Outcome::Allow, Effect::Deny) => "would_deny",
             (Outcome::Allow, Effect::RequireApproval) => "would_hold",
+            (Outcome::Allow, Effect::Kill) => "would_kill",
+            (Outcome::Deny, Effect::Kill) => "kill",
             (Outcome::Allow, _) => "allow",
             (Outcome::Deny, _) => "deny",
             (Outcome::Hold, _) => "held",
@@ -711,7 +714,7 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
         Some(r) => Decision {
             outcome: match r.effect {
                 Effect::Allow => Outcome::Allow,
-                Effect::Deny => Outcome::Deny,
+                Effect::Deny | Effect::Kill => Outcome::Deny,
                 Effect::RequireApproval => Outcome::Hold,
             },
             decided: r.effect,
@@ -1822,6 +1825,7 @@ pub fn effect_name(e: Effect) -> &'static str {
         Effect::Allow => "allow",
         Effect::RequireApproval => "require_approval",
         Effect::Deny => "deny",
+        Effect::Kill => "kill",
     }
 }
 

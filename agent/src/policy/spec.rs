@@ -38,6 +38,8 @@ pub enum Effect {
     Allow,
     RequireApproval,
     Deny,
+    /// Refuse the request and end the session (for a connection: refuse it).
+    Kill,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, schemars::JsonSchema)]

@@ -906,6 +906,8 @@ struct Track {
     recorder: Option<Recorder>,
     statements: u64,
     denied: u64,
+    /// Set by a `kill` decision: the FATAL message that ends the session.
+    kill: Option<String>,
 }
 
 impl Track {
@@ -949,6 +951,7 @@ async fn relay(
             recorder,
             statements: 0,
             denied: 0,
+            kill: None,
         }),
     };
     let (res, up, down, end) = sess.pump(client, upstream).await;
@@ -1108,6 +1111,26 @@ impl Session<'_> {
                 })
             })
             .collect()
+    }
+
+    /// A refusal by a `kill` rule ends the session: the message the client will
+    /// get is left in `t.kill` for the session loop. True when it is one.
+    fn kill(&self, t: &mut Track, s: &Stmt) -> bool {
+        if s.decision.decided != policy::spec::Effect::Kill || s.decision.outcome != Outcome::Deny {
+            return false;
+        }
+        let msg = format!(
+            "Portcullis: session ended by rule `{}` (target {})",
+            s.decision.rule, self.ctx.target.name
+        );
+        if let Some(r) = t.recorder.as_mut() {
+            r.event(
+                "error",
+                json!({"severity": "FATAL", "sqlstate": "42501", "message": msg}),
+            );
+        }
+        t.kill = Some(msg);
+        true
     }
 
     /// The message a client gets for a refused statement.
@@ -1369,6 +1392,18 @@ impl Session<'_> {
                     }
                 }
             }
+            let killed = lock(&self.track).kill.take();
+            if let Some(msg) = killed {
+                // What was decided before goes out; then both sides are closed.
+                let _ = uw.write_all(&to_up).await;
+                up_bytes += to_up.len() as u64;
+                let _ = uw.shutdown().await;
+                codec::error_response(&mut to_client, "FATAL", "42501", &msg);
+                let _ = cw.write_all(&to_client).await;
+                down_bytes += to_client.len() as u64;
+                let _ = cw.shutdown().await;
+                return (Ok(()), up_bytes, down_bytes, "killed");
+            }
             if client_done.is_some() && to_up.is_empty() && !up_shut {
                 let _ = uw.shutdown().await;
                 up_shut = true;
@@ -1475,6 +1510,9 @@ impl Session<'_> {
                             };
                             self.audit(s, outcome, None, None, None);
                         }
+                        if self.kill(&mut t, &first) {
+                            return Ok(false);
+                        }
                         codec::query(out, DENIED_SQL);
                         t.ops.push_back(Op::Simple {
                             stmts: Vec::new(),
@@ -1506,6 +1544,9 @@ impl Session<'_> {
                         t.statements += 1;
                         self.record_request(&mut t, &s);
                         self.audit(&s, "refused", None, None, None);
+                        if self.kill(&mut t, &s) {
+                            return Ok(false);
+                        }
                         codec::parse(out, DENIED_NAME, DENIED_SQL);
                         t.ops.push_back(Op::Parse {
                             refused: Some(s),
@@ -1577,6 +1618,9 @@ impl Session<'_> {
                             Some(s) => {
                                 t.denied += 1;
                                 self.audit(&s, "refused", None, None, None);
+                                if self.kill(&mut t, &s) {
+                                    return Ok(false);
+                                }
                                 codec::parse(out, DENIED_NAME, DENIED_SQL);
                                 t.ops.push_back(Op::Execute {
                                     run: None,
@@ -1649,6 +1693,9 @@ impl Session<'_> {
                 if s.refused() {
                     t.denied += 1;
                     self.audit(&s, "refused", None, None, None);
+                    if self.kill(&mut t, &s) {
+                        return Ok(false);
+                    }
                     codec::query(out, DENIED_SQL);
                     t.ops.push_back(Op::Function {
                         run: None,

@@ -38,6 +38,7 @@ fn rank(d: &Decision) -> (u8, u8, bool) {
     let e = match d.decided {
         Effect::Allow => 0,
         Effect::RequireApproval => 1,
+        Effect::Kill => 3,
         Effect::Deny => 2,
     };
     // Among equals, a rule's decision says more than the default's.
