@@ -837,6 +837,50 @@ pub const MAX_CALL_NESTING: usize = 8;
 /// At most this many such openers nested 4 or more levels deep in one text.
 pub const MAX_DEEP_CALLS: usize = 64;
 
+/// Most tokens in one chain (see [`chain_depth`]) the agent analyses.
+pub const MAX_CHAIN: usize = 50_000;
+/// Stack per token of chain, beyond the fixed part (release frames of the
+/// parser, the tree walks and the drop of a left-deep tree are under 2 KiB a level).
+const STACK_PER_CHAIN_TOKEN: usize = 4 << 10;
+
+/// An upper bound of the depth of the expression tree sqlparser builds: operator
+/// chains (`a + b + c`, `x::t::u`, `p OR q OR r`) become left-deep trees as deep
+/// as they are long, and walking, printing or dropping such a tree recurses once
+/// per level. Counts the significant tokens of each comma-separated segment, summed
+/// over the open brackets.
+fn chain_depth(tokens: &[Token]) -> usize {
+    let mut stack: Vec<usize> = vec![0];
+    let mut max = 0;
+    for t in tokens {
+        match t {
+            Token::Whitespace(_) => continue,
+            Token::LParen | Token::LBracket => stack.push(0),
+            Token::RParen | Token::RBracket => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+            }
+            Token::Comma => {
+                if let Some(top) = stack.last_mut() {
+                    *top = 0;
+                }
+            }
+            Token::SemiColon => {
+                stack.clear();
+                stack.push(0);
+            }
+            _ => {
+                if let Some(top) = stack.last_mut() {
+                    *top += 1;
+                }
+                let total: usize = stack.iter().sum();
+                max = max.max(total);
+            }
+        }
+    }
+    max
+}
+
 /// Refuses texts whose parse could take unbounded time (see [`MAX_CALL_NESTING`]).
 fn guard(tokens: &[Token]) -> Result<(), String> {
     let mut stack: Vec<bool> = Vec::new();
@@ -878,8 +922,38 @@ fn guard(tokens: &[Token]) -> Result<(), String> {
 
 /// Parses and analyses a text. Never panics.
 pub fn analyze_text(sql: &str) -> Analysis {
-    // A stack of its own: the parser and the walks over its tree recurse.
-    let run = || stacker::grow(16 << 20, || analyze_inner(sql));
+    // The parser and the walks over its tree recurse (at most 50 levels, the
+    // parser's limit): with less than RED_ZONE of stack left, the analysis runs on
+    // a stack of its own. Switching stacks costs tens of microseconds, so it is
+    // only done when needed (debug builds have much larger frames).
+    const RED_ZONE: usize = if cfg!(debug_assertions) {
+        32 << 20
+    } else {
+        1 << 20
+    };
+    let run = || {
+        let dialect = PostgreSqlDialect {};
+        let tokens = match Tokenizer::new(&dialect, sql).tokenize() {
+            Ok(t) => t,
+            Err(e) => {
+                return Analysis {
+                    statements: Vec::new(),
+                    error: Some(e.to_string()),
+                };
+            }
+        };
+        let chain = chain_depth(&tokens);
+        if chain > MAX_CHAIN {
+            return Analysis {
+                statements: Vec::new(),
+                error: Some(format!(
+                    "an expression chain of more than {MAX_CHAIN} tokens (the agent refuses it rather than recurse that deep)"
+                )),
+            };
+        }
+        let need = RED_ZONE + chain * STACK_PER_CHAIN_TOKEN;
+        stacker::maybe_grow(need, need + (16 << 20), || analyze_inner(sql, tokens))
+    };
     match std::panic::catch_unwind(run) {
         Ok(a) => a,
         Err(_) => Analysis {
@@ -889,17 +963,8 @@ pub fn analyze_text(sql: &str) -> Analysis {
     }
 }
 
-fn analyze_inner(sql: &str) -> Analysis {
+fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
     let dialect = PostgreSqlDialect {};
-    let tokens = match Tokenizer::new(&dialect, sql).tokenize() {
-        Ok(t) => t,
-        Err(e) => {
-            return Analysis {
-                statements: Vec::new(),
-                error: Some(e.to_string()),
-            };
-        }
-    };
     if let Err(e) = guard(&tokens) {
         return Analysis {
             statements: Vec::new(),
@@ -1295,5 +1360,41 @@ mod copy_option_tests {
             "{w:?}"
         );
         assert!(analyze_text("vacuum").error.is_none());
+    }
+}
+
+#[cfg(test)]
+mod stack_tests {
+    /// The worst inputs analyse on a 2 MiB thread (the default of Rust and tokio
+    /// threads) without overflowing the stack.
+    #[test]
+    fn worst_inputs_do_not_overflow_the_stack() {
+        let inputs = vec![
+            "SELECT 1 FROM t WHERE a = ".to_string() + &"NOT ".repeat(10_000) + "true",
+            "SELECT ".to_string() + &"(".repeat(10_000) + "1",
+            "SELECT ".to_string() + &"(SELECT ".repeat(10_000),
+            "SELECT ".to_string() + &"- ".repeat(10_000) + "1",
+            "SELECT 1".to_string() + &" + 1".repeat(10_000),
+            "SELECT 1".to_string() + &" + 1".repeat(100_000),
+            "SELECT * FROM t WHERE ".to_string() + &"a = 1 OR ".repeat(5_000) + "true",
+            "SELECT ".to_string() + &"CASE WHEN ".repeat(1000),
+            "WITH ".to_string() + &"a AS (WITH ".repeat(1000),
+            "SELECT * FROM t WHERE a IN (".to_string()
+                + &"SELECT a FROM t WHERE a IN (".repeat(1000),
+            "SELECT ".to_string() + &"f(".repeat(8) + &"g(1), ".repeat(60) + &")".repeat(8),
+            "SELECT 1".to_string() + &"::int".repeat(10_000),
+            "SELECT a".to_string() + &" COLLATE \"C\"".repeat(10_000),
+            "SELECT ".to_string() + &"a AND ".repeat(10_000) + "b",
+            "SELECT ".to_string() + &"EXISTS (SELECT ".repeat(1000),
+        ];
+        let h = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for i in &inputs {
+                    let _ = super::analyze_text(i);
+                }
+            })
+            .unwrap();
+        h.join().unwrap();
     }
 }

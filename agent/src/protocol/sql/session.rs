@@ -23,6 +23,8 @@ pub struct SqlSession {
     /// the agent could rely on, so the agent assumes that any search_path the
     /// session ever set may still be in effect.
     schemas: Vec<String>,
+    /// `pg_catalog`, then `schemas`: what an unqualified name may resolve to.
+    candidates: Vec<String>,
     overflow: bool,
     /// SQL-level prepared statements: name → facts qualified when prepared
     /// (PostgreSQL keeps the search_path of PREPARE with the statement).
@@ -37,6 +39,7 @@ impl SqlSession {
         let mut s = SqlSession {
             user: user.to_string(),
             schemas: Vec::new(),
+            candidates: vec!["pg_catalog".to_string()],
             overflow: false,
             prepared: HashMap::new(),
         };
@@ -64,24 +67,28 @@ impl SqlSession {
                 self.overflow = true;
                 continue;
             }
+            if !self.candidates.contains(&n) {
+                self.candidates.push(n.clone());
+            }
             self.schemas.push(n);
         }
     }
 
     /// Schemas an unqualified name may resolve to (pg_catalog first, as the server
     /// searches it first unless the path names it).
-    pub fn candidate_schemas(&self) -> Vec<String> {
-        let mut v = vec!["pg_catalog".to_string()];
-        for s in &self.schemas {
-            if !v.contains(s) {
-                v.push(s.clone());
-            }
-        }
-        v
+    pub fn candidate_schemas(&self) -> &[String] {
+        &self.candidates
     }
 
     fn qualify(&self, facts: &StatementFacts) -> Result<StatementFacts, String> {
-        let schemas = self.candidate_schemas();
+        let schemas = &self.candidates;
+        fn join(a: &str, b: &str) -> String {
+            let mut n = String::with_capacity(a.len() + 1 + b.len());
+            n.push_str(a);
+            n.push('.');
+            n.push_str(b);
+            n
+        }
         let unqualified = facts
             .tables_read
             .iter()
@@ -93,15 +100,15 @@ impl SqlSession {
             ));
         }
         let q = |list: &[String]| {
-            let mut out: Vec<String> = Vec::new();
+            let mut out: Vec<String> = Vec::with_capacity(list.len() * schemas.len());
             for t in list {
                 if t.contains('.') {
                     if !out.contains(t) {
                         out.push(t.clone());
                     }
                 } else {
-                    for s in &schemas {
-                        let n = format!("{s}.{t}");
+                    for s in schemas {
+                        let n = join(s, t);
                         if !out.contains(&n) {
                             out.push(n);
                         }
@@ -115,8 +122,8 @@ impl SqlSession {
             // `table.column` → `schema.table.column` per candidate; `column` and
             // `schema.table.column` as they are.
             if c.matches('.').count() == 1 {
-                for s in &schemas {
-                    let n = format!("{s}.{c}");
+                for s in schemas {
+                    let n = join(s, c);
                     if !columns.contains(&n) {
                         columns.push(n);
                     }
