@@ -585,6 +585,51 @@ fn tls_on_both_sides_credentials_refusals_and_cancel() {
 }
 
 #[test]
+fn a_kill_rule_ends_the_session_and_nothing_after_it_runs() {
+    let Some(w) = world(
+        "a_kill_rule_ends_the_session_and_nothing_after_it_runs",
+        PgOpts::default(),
+        |port| {
+            policy(
+                port,
+                "    credentials: app-db\n",
+                "enforce",
+                "  - id: kill-on-server-files\n    workloads: [clients]\n    targets: [app-db]\n    effect: kill\n    when: { sql: { functions: [\"pg_read_file\"] } }\n",
+            )
+        },
+        "",
+    ) else {
+        return;
+    };
+    let (ok, out, err) = psql(
+        &w,
+        "anyone",
+        &[
+            "-c",
+            "SELECT 'before' AS b",
+            "-c",
+            "SELECT pg_read_file('/etc/passwd')",
+            "-c",
+            "SELECT 'after' AS a",
+        ],
+        None,
+        &[],
+    );
+    assert!(!ok, "{out}{err}");
+    assert!(out.contains("before") && !out.contains("after"), "{out}");
+    assert!(
+        err.contains("session ended by rule `kill-on-server-files`"),
+        "{err}"
+    );
+    let conns = w.agent.connections(1);
+    assert!(conns.iter().any(|c| c["end"] == "killed"), "{conns:#?}");
+    let recs = statements(&w);
+    let k = record_for(&recs, "SELECT pg_read_file('/etc/passwd')");
+    assert_eq!(k["decision"], "kill", "{k:#}");
+    assert_eq!(k["outcome"], "refused", "{k:#}");
+}
+
+#[test]
 fn monitor_mode_lets_refusable_statements_through_and_records_them() {
     let Some(w) = world(
         "monitor_mode_lets_refusable_statements_through_and_records_them",

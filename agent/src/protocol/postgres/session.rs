@@ -352,6 +352,9 @@ async fn startup(
             Some(client),
         ));
     }
+    // The client is identified by the kernel attribution the connection was
+    // decided on; it sends no password. A per-workload secret or token (the
+    // identity work) would be checked here, before any upstream login.
     let mut database = get("database").unwrap_or_else(|| client_user.clone());
     let cred = match &ctx.target.credentials {
         Some(name) => match crate::credentials::load(&ctx.shared.cfg.credentials_dir, name) {
