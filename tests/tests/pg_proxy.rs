@@ -630,6 +630,47 @@ fn a_kill_rule_ends_the_session_and_nothing_after_it_runs() {
 }
 
 #[test]
+fn a_search_path_set_in_the_startup_packet_is_followed() {
+    let Some(w) = world(
+        "a_search_path_set_in_the_startup_packet_is_followed",
+        PgOpts::default(),
+        |port| {
+            policy(
+                port,
+                "    credentials: app-db\n",
+                "enforce",
+                "  - id: no-private\n    workloads: [clients]\n    targets: [app-db]\n    effect: deny\n    when: { sql: { tables: [\"private.*\"] } }\n",
+            )
+        },
+        "",
+    ) else {
+        return;
+    };
+    w.pg.superuser_sql(
+        "CREATE SCHEMA private AUTHORIZATION app; CREATE TABLE private.accounts (id int); GRANT ALL ON private.accounts TO app;",
+    );
+    // Unqualified `accounts` resolves to private.accounts for this session.
+    let (ok, out, err) = psql(
+        &w,
+        "anyone",
+        &["-c", "SELECT count(*) FROM accounts"],
+        None,
+        &[("PGOPTIONS", "-c search_path=private")],
+    );
+    assert!(!ok, "{out}");
+    assert!(err.contains("rule `no-private`"), "{err}");
+    // Without it, the same text reads public.accounts.
+    let (ok, out, err) = psql(
+        &w,
+        "anyone",
+        &["-c", "SELECT count(*) FROM accounts"],
+        None,
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+}
+
+#[test]
 fn monitor_mode_lets_refusable_statements_through_and_records_them() {
     let Some(w) = world(
         "monitor_mode_lets_refusable_statements_through_and_records_them",

@@ -77,6 +77,9 @@ pub struct Summary {
     pub upstream_tls: bool,
     pub statements: u64,
     pub denied: u64,
+    /// A search_path the client set in its startup packet (`search_path`, or
+    /// `-c search_path=...` in `options`), for qualifying table names.
+    pub startup_search_path: Option<String>,
     /// The session's recorder, handed back for the proxy to finish.
     pub recorder: Option<Recorder>,
 }
@@ -355,6 +358,17 @@ async fn startup(
     // The client is identified by the kernel attribution the connection was
     // decided on; it sends no password. A per-workload secret or token (the
     // identity work) would be checked here, before any upstream login.
+    sum.startup_search_path = get("search_path").or_else(|| {
+        let o = get("options")?;
+        let i = o.find("search_path=")?;
+        let v = &o[i + "search_path=".len()..];
+        Some(
+            v.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .replace("\\ ", " "),
+        )
+    });
     let mut database = get("database").unwrap_or_else(|| client_user.clone());
     let cred = match &ctx.target.credentials {
         Some(name) => match crate::credentials::load(&ctx.shared.cfg.credentials_dir, name) {
@@ -854,6 +868,15 @@ impl Running {
     }
 }
 
+/// A completed statement waiting for its recording and audit record.
+struct Done {
+    run: Running,
+    tag: Option<String>,
+    rows: Option<u64>,
+    err: Option<codec::Notice>,
+    duration: Duration,
+}
+
 /// A named (or the unnamed) prepared statement of the extended protocol.
 struct Prepared {
     text: Arc<str>,
@@ -911,6 +934,8 @@ struct Track {
     denied: u64,
     /// Set by a `kill` decision: the FATAL message that ends the session.
     kill: Option<String>,
+    /// Completed statements whose recording and audit record are still to write.
+    done: Vec<Done>,
 }
 
 impl Track {
@@ -930,9 +955,9 @@ impl Track {
 
 struct Session<'a> {
     ctx: &'a Ctx,
-    upstream_user: String,
-    database: String,
     track: Mutex<Track>,
+    /// The fields every statement record of the session shares, built once.
+    record_base: Map<String, Value>,
 }
 
 async fn relay(
@@ -942,22 +967,45 @@ async fn relay(
     sum: &mut Summary,
 ) -> Result<(), String> {
     let recorder = ctx.recorder.take();
+    let a = &ctx.attribution;
+    let mut record_base = Map::new();
+    record_base.insert("session_id".into(), ctx.session_id.clone().into());
+    record_base.insert("target".into(), ctx.target.name.clone().into());
+    record_base.insert("protocol".into(), "postgres".into());
+    record_base.insert(
+        "attribution".into(),
+        json!({"pid": a.pid, "uid": a.uid, "user": a.user, "exe": a.exe, "unit": a.unit, "cgroup": a.cgroup, "comm": a.comm}),
+    );
+    record_base.insert("workloads".into(), json!(ctx.workloads));
+    record_base.insert(
+        "upstream_user".into(),
+        sum.upstream_user.clone().unwrap_or_default().into(),
+    );
+    record_base.insert(
+        "database".into(),
+        sum.database.clone().unwrap_or_default().into(),
+    );
     let sess = Session {
         ctx: &*ctx,
-        upstream_user: sum.upstream_user.clone().unwrap_or_default(),
-        database: sum.database.clone().unwrap_or_default(),
+        record_base,
         track: Mutex::new(Track {
             ops: VecDeque::new(),
-            sql: SqlSession::new(sum.upstream_user.as_deref().unwrap_or(""), None),
+            sql: SqlSession::new(
+                sum.upstream_user.as_deref().unwrap_or(""),
+                sum.startup_search_path.as_deref(),
+            ),
             prepared: HashMap::new(),
             portals: HashMap::new(),
             recorder,
             statements: 0,
             denied: 0,
             kill: None,
+            done: Vec::new(),
         }),
     };
     let (res, up, down, end) = sess.pump(client, upstream).await;
+    // Statements completed in the last exchange still get their records.
+    sess.drain_done();
     let t = sess.track.into_inner().unwrap_or_else(|p| p.into_inner());
     sum.statements = t.statements;
     sum.denied = t.denied;
@@ -1171,18 +1219,7 @@ impl Session<'_> {
         duration: Option<Duration>,
         err: Option<&codec::Notice>,
     ) {
-        let a = &self.ctx.attribution;
-        let mut m = Map::new();
-        m.insert("session_id".into(), self.ctx.session_id.clone().into());
-        m.insert("target".into(), self.ctx.target.name.clone().into());
-        m.insert("protocol".into(), "postgres".into());
-        m.insert(
-            "attribution".into(),
-            json!({"pid": a.pid, "uid": a.uid, "user": a.user, "exe": a.exe, "unit": a.unit, "cgroup": a.cgroup, "comm": a.comm}),
-        );
-        m.insert("workloads".into(), json!(self.ctx.workloads));
-        m.insert("upstream_user".into(), self.upstream_user.clone().into());
-        m.insert("database".into(), self.database.clone().into());
+        let mut m = self.record_base.clone();
         let fingerprint_only =
             self.ctx.target.statement_text == policy::spec::StatementText::Fingerprint;
         let fp = s.info.as_ref().map(|i| i.fingerprint.clone());
@@ -1248,7 +1285,9 @@ impl Session<'_> {
         }
     }
 
-    /// A statement's result, recorded and audited.
+    /// A statement's result: the session's SQL state follows it at once; its
+    /// recording and audit record wait in `t.done` until the response has been
+    /// written to the client (see `drain_done`), so they are not on its latency.
     fn complete(
         &self,
         t: &mut Track,
@@ -1257,32 +1296,53 @@ impl Session<'_> {
         rows: Option<u64>,
         err: Option<&codec::Notice>,
     ) {
-        let rows = rows.or(Some(run.rows));
         if err.is_none()
             && let Some(i) = &run.stmt.info
         {
             t.sql.completed(i);
         }
-        if let Some(r) = t.recorder.as_mut() {
-            match err {
-                Some(e) => r.event(
-                    "error",
-                    json!({"severity": e.severity, "sqlstate": e.sqlstate, "message": e.message}),
-                ),
-                None => r.event(
-                    "response",
-                    json!({
-                        "columns": run.columns.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-                        "rows": run.kept,
-                        "tag": tag,
-                        "rows_total": run.rows,
-                        "rows_omitted": run.rows.saturating_sub(run.kept.len() as u64),
-                    }),
-                ),
+        let duration = run.started.elapsed();
+        t.done.push(Done {
+            rows: rows.or(Some(run.rows)),
+            run,
+            tag: tag.map(str::to_string),
+            err: err.cloned(),
+            duration,
+        });
+    }
+
+    /// Records and audits the statements completed since the last call.
+    fn drain_done(&self) {
+        let mut t = lock(&self.track);
+        let done = std::mem::take(&mut t.done);
+        for d in done {
+            if let Some(r) = t.recorder.as_mut() {
+                match &d.err {
+                    Some(e) => r.event(
+                        "error",
+                        json!({"severity": e.severity, "sqlstate": e.sqlstate, "message": e.message}),
+                    ),
+                    None => r.event(
+                        "response",
+                        json!({
+                            "columns": d.run.columns.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                            "rows": d.run.kept,
+                            "tag": d.tag,
+                            "rows_total": d.run.rows,
+                            "rows_omitted": d.run.rows.saturating_sub(d.run.kept.len() as u64),
+                        }),
+                    ),
+                }
             }
+            let outcome = if d.err.is_some() { "error" } else { "ok" };
+            self.audit(
+                &d.run.stmt,
+                outcome,
+                d.rows,
+                Some(d.duration),
+                d.err.as_ref(),
+            );
         }
-        let outcome = if err.is_some() { "error" } else { "ok" };
-        self.audit(&run.stmt, outcome, rows, Some(run.started.elapsed()), err);
     }
 
     // ---- the session loop -----------------------------------------------------------------
@@ -1394,6 +1454,28 @@ impl Session<'_> {
                         );
                     }
                 }
+            }
+            if !lock(&self.track).done.is_empty() {
+                // The client gets its answer first; the evidence follows at once,
+                // before anything else is read.
+                if !to_client.is_empty() {
+                    match cw.write_all(&to_client).await {
+                        Ok(()) => {
+                            down_bytes += to_client.len() as u64;
+                            to_client.clear();
+                        }
+                        Err(e) => {
+                            self.drain_done();
+                            return (
+                                Err(format!("write to client: {e}")),
+                                up_bytes,
+                                down_bytes,
+                                "error",
+                            );
+                        }
+                    }
+                }
+                self.drain_done();
             }
             let killed = lock(&self.track).kill.take();
             if let Some(msg) = killed {
