@@ -671,6 +671,35 @@ fn a_search_path_set_in_the_startup_packet_is_followed() {
 }
 
 #[test]
+fn function_calls_by_oid_are_refused_as_uncheckable() {
+    let Some(w) = world(
+        "function_calls_by_oid_are_refused_as_uncheckable",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", SQL_RULES),
+        "",
+    ) else {
+        return;
+    };
+    // libpq's large-object calls use the FunctionCall message.
+    let (ok, out, err) = psql(
+        &w,
+        "anyone",
+        &["-c", "\\lo_import /etc/hostname"],
+        None,
+        &[],
+    );
+    assert!(!ok, "{out}");
+    assert!(err.contains("FunctionCall"), "{err}");
+    let recs = statements(&w);
+    assert!(
+        recs.iter().any(|r| r["message"] == "function_call"
+            && r["decision"] == "deny"
+            && r["rule"] == "unparseable"),
+        "{recs:#?}"
+    );
+}
+
+#[test]
 fn monitor_mode_lets_refusable_statements_through_and_records_them() {
     let Some(w) = world(
         "monitor_mode_lets_refusable_statements_through_and_records_them",

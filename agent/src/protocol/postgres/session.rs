@@ -1757,17 +1757,17 @@ impl Session<'_> {
                 return Ok(false);
             }
             Front::FunctionCall { oid } => {
-                let facts = StatementFacts {
-                    kinds: vec![policy::spec::StatementKind::Call],
-                    functions: vec![format!("oid:{oid}")],
-                    ..Default::default()
-                };
-                let (decision, policy_hash) = self.decide(Some(&facts));
+                // The function is named by OID only (it could be any function,
+                // pg_read_file included): decided as text the agent cannot check,
+                // so refused unless the target's `defaults.unparseable` is allow.
+                let (decision, policy_hash) = self.decide(None);
                 let s = Arc::new(Stmt {
                     text: Arc::from(format!("-- FunctionCall oid {oid}")),
                     info: None,
-                    facts: Some(facts),
-                    parse_error: None,
+                    facts: None,
+                    parse_error: Some(format!(
+                        "a FunctionCall message names function {oid} by OID, which the agent cannot check"
+                    )),
                     decision,
                     policy_hash,
                     protocol: "function_call",
