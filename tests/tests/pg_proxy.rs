@@ -285,6 +285,20 @@ SELECT 'end' AS e;
         !log.contains(&pg::password("app")),
         "the agent's credential reached the audit log"
     );
+    // The upstream login is its own record (OCSF Authentication).
+    let auth: Vec<Value> = w
+        .agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "authentication")
+        .collect();
+    assert!(
+        auth.iter().any(|a| a["outcome"] == "success"
+            && a["method"] == "scram-sha-256"
+            && a["upstream_user"] == "app"
+            && a["credentials"] == "agent-held"),
+        "{auth:#?}"
+    );
     // The server saw the agent's user, never the client's.
     assert!(w.pg.sessions_authorized("app") >= 1, "{}", w.pg.log());
     assert_eq!(w.pg.sessions_authorized("whoever"), 0);
@@ -580,6 +594,17 @@ fn tls_on_both_sides_credentials_refusals_and_cancel() {
         conns.iter().any(|c| c["end"] == "tls_required"),
         "{conns:#?}"
     );
+    let auth: Vec<Value> = w
+        .agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "authentication")
+        .collect();
+    assert!(
+        auth.iter()
+            .any(|a| a["outcome"] == "failure" && a["upstream_user"] == "app"),
+        "{auth:#?}"
+    );
     let log = std::fs::read_to_string(w.agent.audit_path()).unwrap_or_default();
     assert!(!log.contains("not-the-password") && !log.contains(&pg::password("app")));
 }
@@ -696,6 +721,45 @@ fn function_calls_by_oid_are_refused_as_uncheckable() {
             && r["decision"] == "deny"
             && r["rule"] == "unparseable"),
         "{recs:#?}"
+    );
+}
+
+#[test]
+fn recordings_hold_no_result_values_where_masks_apply() {
+    let Some(w) = world(
+        "recordings_hold_no_result_values_where_masks_apply",
+        PgOpts::default(),
+        |port| {
+            format!(
+                "{}masks:\n  - id: ssn\n    targets: [app-db]\n    columns: [\"public.accounts.ssn\"]\n",
+                policy(port, "    credentials: app-db\n", "enforce", "")
+            )
+        },
+        "",
+    ) else {
+        return;
+    };
+    let (ok, out, err) = psql(
+        &w,
+        "anyone",
+        &["-c", "SELECT owner, ssn FROM accounts WHERE id = 1"],
+        None,
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("alice"), "{out}");
+    let conns = w.agent.connections(1);
+    let c = conns
+        .iter()
+        .find(|c| c["session"]["protocol"] == "postgres")
+        .expect("postgres session");
+    let file = c["recording"]["file"].as_str().expect("recording file");
+    let text = std::fs::read_to_string(file).expect("read recording");
+    assert!(text.contains("SELECT owner, ssn FROM accounts"), "{text}");
+    assert!(text.contains("values_withheld"), "{text}");
+    assert!(
+        !text.contains("123-45-6789") && !text.contains("alice"),
+        "{text}"
     );
 }
 

@@ -242,6 +242,7 @@ pub fn map(record: &Value) -> Value {
         || decision == Some("error")
         || rec.get("error").is_some_and(|e| !e.is_null())
         || event.ends_with("_failure")
+        || str_of(rec, "outcome") == Some("failure")
         || event.ends_with("_reject")
         || matches!(event, "bypass_drop" | "kernel_deny");
     out.insert("status_id".into(), if failed { 2 } else { 1 }.into());
@@ -338,6 +339,20 @@ pub fn map(record: &Value) -> Value {
     }
 
     match class.class_uid {
+        3002 => {
+            // The account logged in to (the agent's credential, or the client's own).
+            if let Some(u) = str_of(rec, "upstream_user") {
+                out.insert("user".into(), json!({"name": u, "type_id": 1}));
+                used.push("upstream_user");
+            }
+            if let Some(m) = str_of(rec, "method") {
+                out.insert("auth_protocol".into(), m.into());
+                out.insert("auth_protocol_id".into(), 99.into());
+                used.push("method");
+            }
+            out.insert("logon_type_id".into(), 3.into());
+            out.insert("logon_type".into(), "Network".into());
+        }
         4001 => {
             let mut traffic = Map::new();
             if let Some(b) = rec.get("bytes_client_to_upstream") {

@@ -77,6 +77,8 @@ pub struct Summary {
     pub upstream_tls: bool,
     pub statements: u64,
     pub denied: u64,
+    /// How the upstream login went: `scram-sha-256`, `md5`, `password`, `trust`.
+    pub auth_method: Option<&'static str>,
     /// A search_path the client set in its startup packet (`search_path`, or
     /// `-c search_path=...` in `options`), for qualifying table names.
     pub startup_search_path: Option<String>,
@@ -165,9 +167,18 @@ pub async fn serve(mut ctx: Ctx, client: TcpStream) -> Summary {
     let _ = client.set_nodelay(true);
     let started = tokio::time::timeout(STARTUP_TIMEOUT, startup(&mut ctx, client, &mut sum)).await;
     let (client, upstream, keys) = match started {
-        Ok(Ok(Some(x))) => x,
+        Ok(Ok(Some(x))) => {
+            authentication(&ctx, &sum, "success", None);
+            x
+        }
         Ok(Ok(None)) => return finish(ctx, sum),
         Ok(Err((fail, client))) => {
+            if matches!(
+                fail.end,
+                "upstream_auth_failed" | "upstream_refused" | "credentials_error"
+            ) {
+                authentication(&ctx, &sum, "failure", Some(&fail.detail));
+            }
             if let Some(mut c) = client
                 && !fail.client.is_empty()
             {
@@ -198,6 +209,31 @@ pub async fn serve(mut ctx: Ctx, client: TcpStream) -> Summary {
         sum.error = Some(e);
     }
     finish(ctx, sum)
+}
+
+/// The `authentication` audit record of the upstream login (OCSF Authentication).
+fn authentication(ctx: &Ctx, sum: &Summary, outcome: &str, error: Option<&str>) {
+    let a = &ctx.attribution;
+    let rec = json!({
+        "session_id": ctx.session_id,
+        "target": ctx.target.name,
+        "protocol": "postgres",
+        "original_destination": ctx.dst.to_string(),
+        "attribution": {"pid": a.pid, "uid": a.uid, "user": a.user, "exe": a.exe, "unit": a.unit, "cgroup": a.cgroup, "comm": a.comm},
+        "workloads": ctx.workloads,
+        "upstream_user": sum.upstream_user,
+        "database": sum.database,
+        "method": sum.auth_method,
+        "credentials": ctx.target.credentials.as_ref().map_or("client (relayed)", |_| "agent-held"),
+        "credential_name": ctx.target.credentials,
+        "upstream_tls": sum.upstream_tls,
+        "client_tls": sum.client_tls,
+        "outcome": outcome,
+        "error": error,
+    });
+    if let Err(e) = ctx.shared.audit.record("authentication", rec) {
+        tracing::error!(error = %e, session = %ctx.session_id, "authentication audit record lost");
+    }
 }
 
 fn finish(mut ctx: Ctx, mut sum: Summary) -> Summary {
@@ -469,6 +505,13 @@ async fn startup(
                             Some(client),
                         ));
                     }
+                };
+                sum.auth_method = match code {
+                    0 => sum.auth_method.or(Some("trust")),
+                    3 => Some("password"),
+                    5 => Some("md5"),
+                    10..=12 => Some("scram-sha-256"),
+                    _ => sum.auth_method,
                 };
                 if code == 0 {
                     if let Some(s) = &scram {
@@ -936,6 +979,10 @@ struct Track {
     kill: Option<String>,
     /// Completed statements whose recording and audit record are still to write.
     done: Vec<Done>,
+    /// Masks in the policy apply to this session: result values are not
+    /// recorded (the agent does not apply masks yet, and nothing regulated may
+    /// be stored in clear).
+    withhold_values: bool,
 }
 
 impl Track {
@@ -1001,6 +1048,7 @@ async fn relay(
             denied: 0,
             kill: None,
             done: Vec::new(),
+            withhold_values: masks_apply(&ctx.shared.policy(), &ctx.target.name, &ctx.workloads),
         }),
     };
     let (res, up, down, end) = sess.pump(client, upstream).await;
@@ -1015,6 +1063,28 @@ async fn relay(
     // The recorder goes back to the context, which finishes it.
     ctx.recorder = t.recorder;
     res
+}
+
+/// Why a recording holds no result values.
+const WITHHELD: &str = "masks in the policy apply to this session; the agent does not apply masks yet, so result values are not recorded";
+
+/// Whether a mask of the policy names this target and (if it names workloads)
+/// one of the session's workloads.
+fn masks_apply(policy: &CompiledPolicy, target: &str, workloads: &[String]) -> bool {
+    let Some(t) = policy.target_by_name(target) else {
+        return false;
+    };
+    policy.masks.iter().any(|m| {
+        m.targets.contains(&t.id)
+            && m.workloads.as_ref().is_none_or(|ws| {
+                ws.iter().any(|&w| {
+                    policy
+                        .workloads
+                        .get(w)
+                        .is_some_and(|x| workloads.contains(&x.name))
+                })
+            })
+    })
 }
 
 /// The statement whose refusal decides a message: the most restrictive decision
@@ -1315,6 +1385,7 @@ impl Session<'_> {
     fn drain_done(&self) {
         let mut t = lock(&self.track);
         let done = std::mem::take(&mut t.done);
+        let withhold = t.withhold_values;
         for d in done {
             if let Some(r) = t.recorder.as_mut() {
                 match &d.err {
@@ -1322,16 +1393,19 @@ impl Session<'_> {
                         "error",
                         json!({"severity": e.severity, "sqlstate": e.sqlstate, "message": e.message}),
                     ),
-                    None => r.event(
-                        "response",
-                        json!({
+                    None => {
+                        let mut ev = json!({
                             "columns": d.run.columns.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
                             "rows": d.run.kept,
                             "tag": d.tag,
                             "rows_total": d.run.rows,
                             "rows_omitted": d.run.rows.saturating_sub(d.run.kept.len() as u64),
-                        }),
-                    ),
+                        });
+                        if withhold {
+                            ev["values_withheld"] = WITHHELD.into();
+                        }
+                        r.event("response", ev)
+                    }
                 }
             }
             let outcome = if d.err.is_some() { "error" } else { "ok" };
@@ -1811,7 +1885,7 @@ impl Session<'_> {
         let t = &mut *t;
         match f.tag {
             b'D' => {
-                let keep = t.recorder.is_some();
+                let keep = t.recorder.is_some() && !t.withhold_values;
                 match t.ops.front_mut() {
                     Some(Op::Simple { cur: Some(run), .. })
                     | Some(Op::Execute { run: Some(run), .. }) => {
