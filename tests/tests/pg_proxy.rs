@@ -764,6 +764,46 @@ fn recordings_hold_no_result_values_where_masks_apply() {
 }
 
 #[test]
+fn agent_held_credentials_log_in_with_md5_and_cleartext_too() {
+    let Some(w) = world(
+        "agent_held_credentials_log_in_with_md5_and_cleartext_too",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", ""),
+        "",
+    ) else {
+        return;
+    };
+    // The credential file is read for every session: switch it between logins.
+    for (role, method) in [
+        ("legacy", "md5"),
+        ("plain", "password"),
+        ("app", "scram-sha-256"),
+    ] {
+        write_credential(&w.creds.0, "app-db", role, &pg::password(role));
+        let (ok, out, err) = psql(
+            &w,
+            "anyone",
+            &["-A", "-t", "-c", "SELECT current_user"],
+            None,
+            &[],
+        );
+        assert!(ok, "{role}: {err}");
+        assert_eq!(out.trim(), role, "{out}");
+        let auth: Vec<Value> = w
+            .agent
+            .audit()
+            .into_iter()
+            .filter(|r| r["event"] == "authentication" && r["upstream_user"] == role)
+            .collect();
+        assert!(
+            auth.iter()
+                .any(|a| a["method"] == method && a["outcome"] == "success"),
+            "{role}: {auth:#?}"
+        );
+    }
+}
+
+#[test]
 fn monitor_mode_lets_refusable_statements_through_and_records_them() {
     let Some(w) = world(
         "monitor_mode_lets_refusable_statements_through_and_records_them",
@@ -799,7 +839,7 @@ fn bytes_the_codec_does_not_understand_end_the_session_with_an_error() {
     let Some(w) = world(
         "bytes_the_codec_does_not_understand_end_the_session_with_an_error",
         PgOpts::default(),
-        |port| policy(port, "    credentials: app-db\n", "enforce", ""),
+        |port| policy(port, "    credentials: app-db\n", "enforce", SQL_RULES),
         "pg_max_message_bytes: 65536\n",
     ) else {
         return;
@@ -830,6 +870,31 @@ a = session(b"?\0\0\0\x04")
 b = session(b"Q" + struct.pack("!i", 1 << 30) + b"SELECT")
 print(repr(a))
 print(repr(b))
+# A refused statement sent one byte per TCP segment, then Terminate.
+import time
+q = b"DELETE FROM orders\0"
+msg = b"Q" + struct.pack("!i", 4 + len(q)) + q
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+params = b"user\0raw\0database\0app\0\0"
+s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+buf = b""
+while b"Z\0\0\0\x05I" not in buf:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+for i in range(len(msg)):
+    s.send(msg[i:i + 1])
+    time.sleep(0.002)
+out = b""
+while b"Z\0\0\0\x05" not in out:
+    d = s.recv(65536)
+    if not d:
+        break
+    out += d
+s.sendall(b"X\0\0\0\x04")
+print(repr(out))
 "#;
     let port = w.pg.port.to_string();
     let out = in_cgroup(&w.unit, &["python3", "-c", script, &port])
@@ -839,7 +904,7 @@ print(repr(b))
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines.len(),
-        2,
+        3,
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -851,7 +916,13 @@ print(repr(b))
         lines[1].contains("08P01") && lines[1].contains("larger than the maximum of 65536"),
         "{text}"
     );
-    let conns = w.agent.connections(2);
+    // Split across 24 reads, the statement is still decided as a whole: refused,
+    // and the session answers ReadyForQuery.
+    assert!(
+        lines[2].contains("42501") && lines[2].contains("no-where-less"),
+        "{text}"
+    );
+    let conns = w.agent.connections(3);
     let ends: Vec<&str> = conns.iter().filter_map(|c| c["end"].as_str()).collect();
     assert_eq!(
         ends.iter().filter(|e| **e == "protocol_error").count(),
@@ -1032,4 +1103,121 @@ fn evasion_corpus_through_the_proxy_to_a_real_server() {
         cases.len(),
         wrong.join("\n")
     );
+}
+
+#[test]
+fn statements_are_refused_while_the_audit_log_cannot_take_records() {
+    let test = "statements_are_refused_while_the_audit_log_cannot_take_records";
+    if !privileged(test) {
+        return;
+    }
+    if let Some(why) = pg::missing() {
+        if ci() {
+            panic!("{test}: cannot run under CI=true: {why}");
+        }
+        eprintln!("SKIP {test}: {why}");
+        return;
+    }
+    // Declared first: unmounted after the agent has stopped.
+    let fs = portcullis_tests::Tmpfs::mount("8m");
+    let cg = TestCgroup::new();
+    let unit = cg.unit("pgclients");
+    let pg = PgServer::start(PgOpts::default());
+    let creds = TempDir::new("portcullis-test-creds");
+    write_credential(&creds.0, "app-db", "app", &pg::password("app"));
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(pg.port, "    credentials: app-db\n", "enforce", ""),
+        AgentOpts {
+            state_dir: Some(fs.path.join("state")),
+            extra_config: format!("credentials_dir: {}\n", creds.0.display()),
+            ..AgentOpts::default()
+        },
+    );
+    // A session that stays open: one query, then another when told.
+    let script = r#"
+import socket, struct, sys
+def query(s, q):
+    q = q.encode() + b"\0"
+    s.sendall(b"Q" + struct.pack("!i", 4 + len(q)) + q)
+    out = b""
+    while b"Z\0\0\0\x05" not in out:
+        d = s.recv(65536)
+        if not d:
+            break
+        out += d
+    return out
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+params = b"user\0raw\0database\0app\0\0"
+s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+buf = b""
+while b"Z\0\0\0\x05I" not in buf:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+print(repr(query(s, "SELECT 'first'")), flush=True)
+sys.stdin.readline()
+print(repr(query(s, "SELECT 'second'")), flush=True)
+sys.stdin.readline()
+print(repr(query(s, "SELECT 'third'")), flush=True)
+"#;
+    let port = pg.port.to_string();
+    let mut child = in_cgroup(&unit, &["python3", "-c", script, &port])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let first = next();
+    assert!(first.contains("first"), "{first}");
+    // Fill the file system under the audit log.
+    let filler = fs.path.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0x55u8; 64 * 1024];
+        while let Ok(n) = f.write(&chunk) {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = f.sync_all();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while agent.status()["audit"]["healthy"] != false {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit log never reported unhealthy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stdin.write_all(b"go\n").expect("tell the client");
+    let second = next();
+    assert!(
+        second.contains("42501") && second.contains("audit log is not accepting records"),
+        "{second}"
+    );
+    // Space returns: the same session is served again.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while agent.status()["audit"]["healthy"] != true {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit log never recovered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stdin.write_all(b"go\n").expect("tell the client");
+    let third = next();
+    assert!(
+        third.contains("third") && !third.contains("42501"),
+        "{third}"
+    );
+    let _ = child.wait();
+    drop(agent);
+    drop(pg);
 }

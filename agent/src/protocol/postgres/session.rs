@@ -1065,6 +1065,9 @@ async fn relay(
     res
 }
 
+/// Rule id of statements refused while the audit log cannot take records.
+const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
+
 /// Why a recording holds no result values.
 const WITHHELD: &str = "masks in the policy apply to this session; the agent does not apply masks yet, so result values are not recorded";
 
@@ -1137,6 +1140,18 @@ impl Session<'_> {
     fn decide(&self, facts: Option<&StatementFacts>) -> (Decision, Arc<str>) {
         let policy: Arc<CompiledPolicy> = self.ctx.shared.policy();
         let hash: Arc<str> = Arc::from(policy.hash.as_str());
+        if !self.ctx.shared.audit.healthy() {
+            return (
+                Decision {
+                    outcome: Outcome::Deny,
+                    decided: policy::spec::Effect::Deny,
+                    rule: AUDIT_UNAVAILABLE.into(),
+                    mode: policy::Mode::Enforce,
+                    workloads: Vec::new(),
+                },
+                hash,
+            );
+        }
         let Some(t) = policy.target_by_name(&self.ctx.target.name) else {
             return (
                 Decision {
@@ -1216,16 +1231,30 @@ impl Session<'_> {
             &t.sql,
             analysis,
         );
+        // No access without evidence: while the audit log is not accepting
+        // records, every statement is refused (on_audit_failure: deny).
+        let audit_down = !self.ctx.shared.audit.healthy();
         md.statements
             .into_iter()
             .enumerate()
             .map(|(i, sd)| {
+                let decision = if audit_down {
+                    Decision {
+                        outcome: Outcome::Deny,
+                        decided: policy::spec::Effect::Deny,
+                        rule: AUDIT_UNAVAILABLE.into(),
+                        mode: policy::Mode::Enforce,
+                        workloads: Vec::new(),
+                    }
+                } else {
+                    sd.decision
+                };
                 Arc::new(Stmt {
                     text: text.clone(),
                     info: analysis.statements.get(i).cloned().map(Arc::new),
                     facts: sd.facts,
                     parse_error: sd.error,
-                    decision: sd.decision,
+                    decision,
                     policy_hash: policy_hash.clone(),
                     protocol,
                     name: name.clone(),
@@ -1261,6 +1290,14 @@ impl Session<'_> {
             (Outcome::Hold, _) => format!(
                 "Portcullis: this statement requires approval under rule `{rule}` (target {}); approvals cannot be granted on this agent yet, so it is refused",
                 self.ctx.target.name
+            ),
+            (_, AUDIT_UNAVAILABLE) => format!(
+                "Portcullis: statement refused: the audit log is not accepting records ({}); access resumes when it recovers",
+                self.ctx
+                    .shared
+                    .audit
+                    .problem()
+                    .unwrap_or_else(|| "unavailable".into())
             ),
             (_, "unparseable") => format!(
                 "Portcullis: statement refused: it could not be parsed ({}), and target {} refuses what cannot be checked",
