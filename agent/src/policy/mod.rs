@@ -607,7 +607,7 @@ impl TimeWindow {
 /// refuses with rule id [`UNPARSEABLE`]; `allow` decides it as a statement that
 /// matches no condition.
 ///
-/// Precedence: `deny` > `require_approval` > `allow` > `default-deny`; among rules
+/// Precedence: `kill` > `deny` > `require_approval` > `allow` > `default-deny`; among rules
 /// of the same effect, load order. Only enforce-mode rules (and the default, which
 /// follows the mode of the file defining the target) decide what happens. A
 /// monitor-mode rule never changes that: when the connection passes, a more
