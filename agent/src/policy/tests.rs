@@ -128,6 +128,32 @@ fn approval_sits_between_deny_and_allow() {
 }
 
 #[test]
+fn kill_outranks_deny_and_monitor_mode_reports_it() {
+    let text = format!(
+        "{BASE}  - id: root-killed\n    workloads: [root]\n    targets: [any-port]\n    effect: kill\n"
+    );
+    let p = compile(&text).expect("valid");
+    let s = Subject {
+        uid: Some(0),
+        exe: Some("/usr/bin/python3".into()),
+        ..Default::default()
+    };
+    // Both no-python (deny) and root-killed (kill) match: kill wins.
+    let d = evaluate(&p, &req(&s, 1));
+    assert_eq!(
+        (d.outcome, d.decided, d.rule.as_str(), d.label()),
+        (Outcome::Deny, Effect::Kill, "root-killed", "kill")
+    );
+    let p = compile(&text.replace(
+        "apiVersion: portcullis.dev/v1\n",
+        "apiVersion: portcullis.dev/v1\nmode: monitor\n",
+    ))
+    .expect("valid");
+    let d = evaluate(&p, &req(&s, 1));
+    assert_eq!((d.outcome, d.label()), (Outcome::Allow, "would_kill"));
+}
+
+#[test]
 fn time_windows() {
     let text = format!(
         "{BASE}  - id: weekday-office\n    workloads: [python]\n    targets: [any-port]\n    effect: allow\n    when:\n      time: {{ days: [mon, tue, wed, thu, fri], from: \"08:00\", to: \"18:00\" }}\n  - id: night\n    workloads: [reporter]\n    targets: [any-port]\n    effect: allow\n    when:\n      time: {{ from: \"22:00\", to: \"02:00\" }}\n"
