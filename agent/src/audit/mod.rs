@@ -31,6 +31,7 @@ mod chain;
 pub mod export;
 mod key;
 pub mod segments;
+pub mod time;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};

@@ -434,106 +434,15 @@ pub fn file_sha256(path: &Path) -> Result<String, ReadError> {
 
 // ---- time -----------------------------------------------------------------------
 
-/// `--since`/`--until`: RFC 3339 (`2026-01-05T12:00:00Z`, fractions and offsets
-/// allowed), a date (`2026-01-05`, midnight UTC), or an age (`90s`, `15m`, `1h`,
-/// `2d`, `1w`) counted back from `now_us`. Returns µs since the epoch.
+/// `--since`/`--until` (see [`crate::audit::time::parse_time_arg`]).
 pub fn parse_time(s: &str, now_us: i64) -> Result<i64, ReadError> {
-    let t = s.trim();
-    if let Some(unit) = t.chars().last().filter(|c| c.is_ascii_alphabetic())
-        && t.len() > 1
-        && t[..t.len() - 1].bytes().all(|b| b.is_ascii_digit())
-    {
-        let n: i64 = t[..t.len() - 1]
-            .parse()
-            .map_err(|_| ReadError::BadTime(format!("`{s}`: number too large")))?;
-        let secs = match unit {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => {
-                return Err(ReadError::BadTime(format!(
-                    "`{s}`: unknown unit `{unit}` (use s, m, h, d or w)"
-                )));
-            }
-        };
-        return Ok(now_us - n.saturating_mul(secs).saturating_mul(1_000_000));
-    }
-    if t.len() == 10 {
-        return parse_rfc3339(&format!("{t}T00:00:00Z"));
-    }
-    parse_rfc3339(t)
+    crate::audit::time::parse_time_arg(s, now_us).map_err(ReadError::BadTime)
 }
 
 /// RFC 3339 date-time to µs since the epoch.
 pub fn parse_rfc3339(s: &str) -> Result<i64, ReadError> {
-    let bad = || {
-        ReadError::BadTime(format!(
-            "`{s}` is not a time: use RFC 3339 (2026-01-05T12:00:00Z), a date (2026-01-05) or an age (30m, 1h, 2d)"
-        ))
-    };
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| -> Result<i64, ReadError> {
-        s.get(r)
-            .filter(|x| x.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|x| x.parse().ok())
-            .ok_or_else(bad)
-    };
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return Err(bad());
-    }
-    let mut i = 19;
-    let mut micros = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return Err(bad());
-        }
-        let frac = &s[start..i.min(start + 6)];
-        micros = frac.parse::<i64>().map_err(|_| bad())? * 10i64.pow(6 - frac.len() as u32);
-    }
-    let offset_secs = match &s[i..] {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let oh: i64 = o[1..3].parse().map_err(|_| bad())?;
-            let om: i64 = o[4..6].parse().map_err(|_| bad())?;
-            let v = oh * 3600 + om * 60;
-            if o.starts_with('-') { -v } else { v }
-        }
-        _ => return Err(bad()),
-    };
-    // Days from civil (Howard Hinnant).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
-    Ok(secs * 1_000_000 + micros)
+    crate::audit::time::parse_rfc3339_micros(s)
+        .ok_or_else(|| ReadError::BadTime(format!("`{s}` is not an RFC 3339 time")))
 }
 
 pub fn now_us() -> i64 {

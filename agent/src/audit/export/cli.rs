@@ -33,106 +33,6 @@ pub struct ExportArgs {
     pub path: PathBuf,
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Microseconds since the epoch of an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS`,
-/// optional fraction, then `Z` or `±HH:MM`.
-pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut micros = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 6 {
-                micros = micros * 10 + i64::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        for _ in (i - start)..6 {
-            micros *= 10;
-        }
-    }
-    let offset_secs = match s.get(i..)? {
-        "Z" | "z" => 0,
-        rest if rest.len() == 6
-            && matches!(rest.as_bytes()[0], b'+' | b'-')
-            && rest.as_bytes()[3] == b':' =>
-        {
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
-    Some(secs * 1_000_000 + micros)
-}
-
-/// `--since`/`--until`: RFC 3339, or an age (`30s`, `15m`, `1h`, `7d`) before `now_us`.
-pub fn parse_time_arg(s: &str, now_us: i64) -> Result<i64, String> {
-    if let Some(t) = parse_rfc3339_micros(s) {
-        return Ok(t);
-    }
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = digits.parse().map_err(|_| {
-        format!("`{s}` is neither an RFC 3339 time nor an age like 90s, 15m, 1h, 7d")
-    })?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => {
-            return Err(format!(
-                "`{s}`: unknown unit `{unit}` (use s, m, h, d or w, or an RFC 3339 time)"
-            ));
-        }
-    };
-    Ok(now_us - n.saturating_mul(unit_secs).saturating_mul(1_000_000))
-}
-
 /// Which records to print.
 pub struct Filter {
     pub since: Option<i64>,
@@ -148,7 +48,7 @@ impl Filter {
         if self.since.is_none() && self.until.is_none() {
             return true;
         }
-        let Some(t) = parse_rfc3339_micros(rec.time()) else {
+        let Some(t) = crate::audit::time::parse_rfc3339_micros(rec.time()) else {
             return false;
         };
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u)
@@ -164,13 +64,13 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         since: args
             .since
             .as_deref()
-            .map(|s| parse_time_arg(s, now))
+            .map(|s| crate::audit::time::parse_time_arg(s, now))
             .transpose()
             .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
         until: args
             .until
             .as_deref()
-            .map(|s| parse_time_arg(s, now))
+            .map(|s| crate::audit::time::parse_time_arg(s, now))
             .transpose()
             .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
         types: args.types.clone(),
@@ -255,15 +155,21 @@ mod tests {
 
     #[test]
     fn rfc3339_with_fraction_and_offsets() {
-        assert_eq!(parse_rfc3339_micros("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
-            parse_rfc3339_micros("1970-01-01T00:00:01.5Z"),
+            crate::audit::time::parse_rfc3339_micros("1970-01-01T00:00:00Z"),
+            Some(0)
+        );
+        assert_eq!(
+            crate::audit::time::parse_rfc3339_micros("1970-01-01T00:00:01.5Z"),
             Some(1_500_000)
         );
-        assert_eq!(parse_rfc3339_micros("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(
+            crate::audit::time::parse_rfc3339_micros("1970-01-01T01:00:00+01:00"),
+            Some(0)
+        );
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_795_447_515_123_456);
         assert_eq!(
-            parse_rfc3339_micros(&crate::audit::rfc3339(t)),
+            crate::audit::time::parse_rfc3339_micros(&crate::audit::rfc3339(t)),
             Some(1_795_447_515_123_456),
             "what the writer writes parses back"
         );
@@ -276,21 +182,30 @@ mod tests {
             "2026-01-01T00:00:00.Z",
             "yesterday",
         ] {
-            assert_eq!(parse_rfc3339_micros(bad), None, "{bad}");
+            assert_eq!(crate::audit::time::parse_rfc3339_micros(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn relative_ages() {
         let now = 10_000_000_000;
-        assert_eq!(parse_time_arg("90s", now), Ok(now - 90_000_000));
-        assert_eq!(parse_time_arg("1h", now), Ok(now - 3_600_000_000));
-        assert_eq!(parse_time_arg("2d", now), Ok(now - 172_800_000_000));
+        assert_eq!(
+            crate::audit::time::parse_time_arg("90s", now),
+            Ok(now - 90_000_000)
+        );
+        assert_eq!(
+            crate::audit::time::parse_time_arg("1h", now),
+            Ok(now - 3_600_000_000)
+        );
+        assert_eq!(
+            crate::audit::time::parse_time_arg("2d", now),
+            Ok(now - 172_800_000_000)
+        );
         assert!(
-            parse_time_arg("5y", now)
+            crate::audit::time::parse_time_arg("5y", now)
                 .expect_err("unit")
                 .contains("unknown unit")
         );
-        assert!(parse_time_arg("soon", now).is_err());
+        assert!(crate::audit::time::parse_time_arg("soon", now).is_err());
     }
 }

@@ -74,7 +74,7 @@ fn str_of<'a>(rec: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
 /// Milliseconds since the epoch of an RFC 3339 UTC time as the log writes it
 /// (`2026-11-23T15:25:15.123456Z`), or with an offset.
 pub fn time_ms(s: &str) -> Option<i64> {
-    super::cli::parse_rfc3339_micros(s).map(|us| us.div_euclid(1000))
+    crate::audit::time::parse_rfc3339_micros(s).map(|us| us.div_euclid(1000))
 }
 
 /// `host:port` or `[v6]:port` as an OCSF endpoint.
