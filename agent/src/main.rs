@@ -120,10 +120,14 @@ enum PolicyCommand {
     /// Decision time of the policy engine on a synthetic policy (for `cargo xtask bench policy`).
     #[command(hide = true)]
     Bench {
-        #[arg(long)]
+        #[arg(long, default_value_t = 10)]
         rules: usize,
         #[arg(long, default_value_t = 200_000)]
         iterations: usize,
+        /// Measure SQL analysis instead (pgbench's statement: uncached, cached,
+        /// cached by shape, facts).
+        #[arg(long)]
+        sql: bool,
     },
     /// Draft a policy (monitor mode) from the flows the running agent observed.
     Suggest {
@@ -280,8 +284,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Policy {
-            command: PolicyCommand::Bench { rules, iterations },
+            command:
+                PolicyCommand::Bench {
+                    rules,
+                    iterations,
+                    sql,
+                },
         } => {
+            if sql {
+                println!("{}", protocol::sql::measure(iterations.min(50_000)));
+                return Ok(ExitCode::SUCCESS);
+            }
             let t = std::time::Instant::now();
             let p = policy::bench::synthetic(rules.max(1)).map_err(|e| anyhow::anyhow!(e))?;
             let compile_ms = t.elapsed().as_millis();

@@ -450,22 +450,26 @@ fn audit_export_prints_records_in_seq_order_filtered() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"));
 }
 
-/// Export rate (records per second) of each transport, from a log of
-/// realistic `connection` records written beforehand by `portcullis audit
-/// bench`: the agent starts on that log and each sink exports it all. Prints
-/// the figures; asserts only that everything arrived. Run by hand:
-/// `cargo test -p portcullis-tests --test export -- --ignored export_rate --nocapture`
+/// A log written beforehand (realistic `connection` records from `portcullis
+/// audit bench`) is exported whole by each transport
+/// and format: every record arrives. Prints each sink's rate (records per
+/// second), which is what `docs/benchmarks.md` reports; asserts nothing about
+/// time. `PORTCULLIS_EXPORT_RATE_RECORDS` sets the log's size (default 20,000;
+/// the published figures use 100,000):
+/// `PORTCULLIS_EXPORT_RATE_RECORDS=100000 cargo test -p portcullis-tests --test export export_rate -- --nocapture`
 #[test]
-#[ignore = "a measurement, run by hand"]
 fn export_rate_per_transport() {
     if !privileged("export_rate_per_transport") || !rsyslog_available("export_rate_per_transport") {
         return;
     }
-    const RECORDS: u64 = 100_000;
+    let records: u64 = std::env::var("PORTCULLIS_EXPORT_RATE_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let scratch = TempDir::new("portcullis-test-export-rate");
     let out = std::process::Command::new(portcullis_tests::agent_bin())
         .args(["audit", "bench", "--part", "writer", "--sync", "none"])
-        .args(["--records", &RECORDS.to_string(), "--dir"])
+        .args(["--records", &records.to_string(), "--dir"])
         .arg(&scratch.0)
         .output()
         .expect("run audit bench");
@@ -554,7 +558,7 @@ fn export_rate_per_transport() {
         })
         .collect();
     assert!(
-        got.len() as u64 >= RECORDS,
+        got.len() as u64 >= records,
         "HTTP got {} distinct records",
         got.len()
     );

@@ -157,6 +157,22 @@ fn policy() -> Result<()> {
         );
         report.push(v);
     }
+    // SQL analysis of pgbench's statement (what a PostgreSQL session pays per
+    // statement before the decision).
+    let out =
+        output(Command::new(&bin).args(["policy", "bench", "--sql", "--iterations", "20000"]))?;
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+        .with_context(|| format!("policy bench --sql output: {out}"))?;
+    let ns = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "\nSQL analysis ({}): uncached {:.1} µs, cached {:.0} ns, cached by shape (literal changes) {:.0} ns, facts_for {:.0} ns",
+        v["statement"].as_str().unwrap_or("?"),
+        ns("uncached_ns") / 1000.0,
+        ns("cached_ns"),
+        ns("cached_by_shape_ns"),
+        ns("facts_for_ns")
+    );
+    report.push(v);
     let out = target_dir().join("bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(

@@ -54,20 +54,15 @@ impl Analyzer {
         if !cacheable {
             return Arc::new(analyze_text(sql));
         }
+        if let Some(a) = self.lookup(sql) {
+            return a;
+        }
         // A NUL never occurs in statement text (the protocol ends strings with
-        // it), so it marks shape keys apart from exact ones.
+        // it), so it marks shape keys apart from exact ones. Computed only when
+        // the exact text missed.
         let shape_key = shape(sql).map(|s| format!("\0{s}"));
-        {
-            let mut g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for key in [Some(sql), shape_key.as_deref()].into_iter().flatten() {
-                if let Some(a) = g.young.get(key) {
-                    return a.clone();
-                }
-                if let Some((k, a)) = g.old.remove_entry(key) {
-                    Self::insert(&mut g, self.half, k, a.clone());
-                    return a;
-                }
-            }
+        if let Some(a) = shape_key.as_deref().and_then(|k| self.lookup(k)) {
+            return a;
         }
         let a = Arc::new(analyze_text(sql));
         let shareable = a.error.is_none()
@@ -84,6 +79,16 @@ impl Analyzer {
         a
     }
 
+    fn lookup(&self, key: &str) -> Option<Arc<Analysis>> {
+        let mut g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = g.young.get(key) {
+            return Some(a.clone());
+        }
+        let (k, a) = g.old.remove_entry(key)?;
+        Self::insert(&mut g, self.half, k, a.clone());
+        Some(a)
+    }
+
     fn insert(g: &mut Generations, half: usize, k: Box<str>, a: Arc<Analysis>) {
         if g.young.len() >= half {
             g.old = std::mem::take(&mut g.young);
@@ -98,6 +103,57 @@ impl Analyzer {
         let g = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         g.young.len() + g.old.len()
     }
+}
+
+/// `portcullis policy bench --sql`: nanoseconds per analysis of pgbench's
+/// statement, uncached, cached (same text), cached by shape (the literal
+/// changes every time), and per `SqlSession::facts_for` (used by `cargo xtask
+/// bench policy`; never by tests).
+pub fn measure(iterations: usize) -> serde_json::Value {
+    use std::hint::black_box;
+    use std::time::Instant;
+    let n = iterations.max(1);
+    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;";
+    let per = |t: Instant, k: usize| t.elapsed().as_nanos() as f64 / k as f64;
+    let cold = Analyzer::new(0);
+    let t = Instant::now();
+    for _ in 0..n {
+        black_box(cold.analyze(sql));
+    }
+    let uncached = per(t, n);
+    let warm = Analyzer::new(10_000);
+    warm.analyze(sql);
+    let t = Instant::now();
+    for _ in 0..n * 20 {
+        black_box(warm.analyze(sql));
+    }
+    let cached = per(t, n * 20);
+    let texts: Vec<String> = (0..n)
+        .map(|i| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};"))
+        .collect();
+    let t = Instant::now();
+    for q in &texts {
+        black_box(warm.analyze(q));
+    }
+    let by_shape = per(t, n);
+    let sess = super::SqlSession::new("bench", None);
+    let a = warm.analyze(sql);
+    let t = Instant::now();
+    let mut facts_ok = true;
+    for _ in 0..n * 10 {
+        if let Some(s) = a.statements.first() {
+            facts_ok &= black_box(sess.facts_for(s)).is_ok();
+        }
+    }
+    let facts = per(t, n * 10);
+    serde_json::json!({
+        "statement": sql,
+        "uncached_ns": uncached,
+        "cached_ns": cached,
+        "cached_by_shape_ns": by_shape,
+        "facts_for_ns": facts,
+        "facts_ok": facts_ok,
+    })
 }
 
 /// `sql` with numeric and plain string literals replaced by `?`, everything else

@@ -6,7 +6,7 @@
 //!
 //! - [`Analyzer`]: parses text (sqlparser, PostgreSQL dialect) into an
 //!   [`Analysis`], one [`StatementInfo`] per statement, behind a bounded cache
-//!   keyed by the exact text.
+//!   keyed by the exact text, or by its shape when only literals differ.
 //! - [`SqlSession`]: qualifies unqualified tables with every schema the session's
 //!   `search_path` may name, and resolves `EXECUTE name` to what was prepared.
 //!
@@ -23,10 +23,8 @@ mod corpus;
 #[cfg(test)]
 mod tests;
 
-// The API the PostgreSQL proxy (agent/src/protocol/postgres, in progress) calls.
-#[allow(unused_imports)]
+// The API the PostgreSQL proxy (agent/src/protocol/postgres) calls.
 pub use analyze::{Analysis, StatementInfo};
-pub use cache::Analyzer;
-#[allow(unused_imports)]
-pub use decide::{MessageDecision, StatementDecision, decide_message, most_restrictive};
+pub use cache::{Analyzer, measure};
+pub use decide::{decide_message, most_restrictive};
 pub use session::SqlSession;

@@ -416,32 +416,3 @@ fn crafted_nesting_is_refused_quickly() {
             .is_none()
     );
 }
-
-/// Cost of an analysis, uncached and cached (run with `--ignored --nocapture`).
-#[test]
-#[ignore]
-fn measure_costs() {
-    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;";
-    let n = 20_000;
-    let cold = Analyzer::new(0);
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(cold.analyze(sql));
-    }
-    let uncached = t.elapsed().as_nanos() / n as u128;
-    let warm = Analyzer::new(10_000);
-    warm.analyze(sql);
-    let t = std::time::Instant::now();
-    for _ in 0..n * 50 {
-        std::hint::black_box(warm.analyze(sql));
-    }
-    let cached = t.elapsed().as_nanos() / (n as u128 * 50);
-    let sess = SqlSession::new("bench", None);
-    let a = warm.analyze(sql);
-    let t = std::time::Instant::now();
-    for _ in 0..n * 10 {
-        std::hint::black_box(sess.facts_for(&a.statements[0]).unwrap());
-    }
-    let facts = t.elapsed().as_nanos() / (n as u128 * 10);
-    println!("uncached analyze: {uncached} ns; cached analyze: {cached} ns; facts_for: {facts} ns");
-}
