@@ -169,12 +169,17 @@ fn psql(
     )
 }
 
-fn statements(w: &World) -> Vec<Value> {
+/// The audit records of one event type.
+fn events(w: &World, event: &str) -> Vec<Value> {
     w.agent
         .audit()
         .into_iter()
-        .filter(|r| r["event"] == "statement")
+        .filter(|r| r["event"] == event)
         .collect()
+}
+
+fn statements(w: &World) -> Vec<Value> {
+    events(w, "statement")
 }
 
 fn record_for<'a>(recs: &'a [Value], text: &str) -> &'a Value {
@@ -286,12 +291,7 @@ SELECT 'end' AS e;
         "the agent's credential reached the audit log"
     );
     // The upstream login is its own record (OCSF Authentication).
-    let auth: Vec<Value> = w
-        .agent
-        .audit()
-        .into_iter()
-        .filter(|r| r["event"] == "authentication")
-        .collect();
+    let auth = events(&w, "authentication");
     assert!(
         auth.iter().any(|a| a["outcome"] == "success"
             && a["method"] == "scram-sha-256"
@@ -594,12 +594,7 @@ fn tls_on_both_sides_credentials_refusals_and_cancel() {
         conns.iter().any(|c| c["end"] == "tls_required"),
         "{conns:#?}"
     );
-    let auth: Vec<Value> = w
-        .agent
-        .audit()
-        .into_iter()
-        .filter(|r| r["event"] == "authentication")
-        .collect();
+    let auth = events(&w, "authentication");
     assert!(
         auth.iter()
             .any(|a| a["outcome"] == "failure" && a["upstream_user"] == "app"),
@@ -789,11 +784,9 @@ fn agent_held_credentials_log_in_with_md5_and_cleartext_too() {
         );
         assert!(ok, "{role}: {err}");
         assert_eq!(out.trim(), role, "{out}");
-        let auth: Vec<Value> = w
-            .agent
-            .audit()
+        let auth: Vec<Value> = events(&w, "authentication")
             .into_iter()
-            .filter(|r| r["event"] == "authentication" && r["upstream_user"] == role)
+            .filter(|r| r["upstream_user"] == role)
             .collect();
         assert!(
             auth.iter()

@@ -32,6 +32,9 @@ pub mod export;
 mod key;
 pub mod segments;
 pub mod time;
+
+/// Lower-case hex of bytes (hashes, keys, signatures).
+pub use chain::hex;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};

@@ -299,9 +299,7 @@ fn annotate(e: std::io::Error, what: &str, path: &Path) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::audit::hex;
 
 fn hostname() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();

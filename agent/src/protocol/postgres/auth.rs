@@ -14,7 +14,7 @@ pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 /// `md5` + md5(md5(password + user) + salt), as the server expects.
 pub fn md5_password(user: &str, password: &str, salt: &[u8]) -> String {
     use md5::Md5;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let hex = crate::audit::hex;
     let inner = hex(&Md5::digest(format!("{password}{user}").as_bytes()));
     let mut h = Md5::new();
     h.update(inner.as_bytes());

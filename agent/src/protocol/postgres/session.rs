@@ -1113,13 +1113,9 @@ fn value_json(v: Option<&[u8]>, format: i16) -> Value {
     }
 }
 
+/// A bytea-style rendering (`\\x...`) of bytes that are not text.
 fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + 2 * b.len());
-    s.push_str("\\x");
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    format!("\\x{}", crate::audit::hex(b))
 }
 
 fn format_of(formats: &[i16], i: usize) -> i16 {
@@ -1486,85 +1482,56 @@ impl Session<'_> {
         let mut client_done: Option<&'static str> = None;
         let mut up_shut = false;
         let mut last = Instant::now();
-        let fatal = |to_client: &mut BytesMut, msg: &str| {
-            codec::error_response(
-                to_client,
-                "FATAL",
-                "08P01",
-                &format!("Portcullis: {msg}; the session is closed"),
-            );
-        };
         let result: Result<(), String>;
         let end: &'static str;
         loop {
-            // Complete messages in, decided and translated out.
-            if client_done.is_none() {
-                loop {
-                    match codec::try_frame(&mut cbuf, max) {
-                        Ok(Some(f)) => match self.on_client_frame(&f, &mut to_up) {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                client_done = Some("terminated");
-                                break;
-                            }
-                            Err(e) => {
-                                let msg = self.protocol_violation(e);
-                                fatal(&mut to_client, &msg);
-                                let _ = cw.write_all(&to_client).await;
-                                let _ = cw.shutdown().await;
-                                return (
-                                    Err(msg),
-                                    up_bytes,
-                                    down_bytes + to_client.len() as u64,
-                                    "protocol_error",
-                                );
-                            }
-                        },
-                        Ok(None) => break,
-                        Err(e) => {
-                            let msg = self.protocol_violation(e);
-                            fatal(&mut to_client, &msg);
-                            let _ = cw.write_all(&to_client).await;
-                            let _ = cw.shutdown().await;
-                            return (
-                                Err(msg),
-                                up_bytes,
-                                down_bytes + to_client.len() as u64,
-                                "protocol_error",
-                            );
-                        }
+            // Complete messages in, decided and translated out. Bytes the codec
+            // does not understand (from either side) end the session: the
+            // client gets a FATAL error saying why.
+            // (message for the client, error for the record, how it ended)
+            let mut broken: Option<(String, String, &'static str)> = None;
+            while client_done.is_none() {
+                let step = codec::try_frame(&mut cbuf, max).and_then(|f| match f {
+                    Some(f) => self.on_client_frame(&f, &mut to_up).map(Some),
+                    None => Ok(None),
+                });
+                match step {
+                    Ok(Some(true)) => {}
+                    Ok(Some(false)) => client_done = Some("terminated"),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let msg = self.protocol_violation(e);
+                        broken = Some((msg.clone(), msg, "protocol_error"));
+                        break;
                     }
                 }
             }
-            loop {
-                match codec::try_frame(&mut ubuf, max) {
-                    Ok(Some(f)) => {
-                        if let Err(e) = self.on_server_frame(f, &mut to_client) {
-                            fatal(
-                                &mut to_client,
-                                "the server sent bytes the agent does not understand",
-                            );
-                            let _ = cw.write_all(&to_client).await;
-                            let _ = cw.shutdown().await;
-                            return (Err(e), up_bytes, down_bytes, "error");
-                        }
-                    }
-                    Ok(None) => break,
+            while broken.is_none() {
+                let step = codec::try_frame(&mut ubuf, max)
+                    .map_err(|e| format!("protocol violation from the server: {e}"))
+                    .and_then(|f| match f {
+                        Some(f) => self.on_server_frame(f, &mut to_client).map(|()| true),
+                        None => Ok(false),
+                    });
+                match step {
+                    Ok(true) => {}
+                    Ok(false) => break,
                     Err(e) => {
-                        fatal(
-                            &mut to_client,
-                            "the server sent bytes the agent does not understand",
-                        );
-                        let _ = cw.write_all(&to_client).await;
-                        let _ = cw.shutdown().await;
-                        return (
-                            Err(format!("protocol violation from the server: {e}")),
-                            up_bytes,
-                            down_bytes,
-                            "error",
-                        );
+                        let msg = "the server sent bytes the agent does not understand".into();
+                        broken = Some((msg, e, "error"));
                     }
                 }
+            }
+            if let Some((msg, err, how)) = broken {
+                codec::error_response(
+                    &mut to_client,
+                    "FATAL",
+                    "08P01",
+                    &format!("Portcullis: {msg}; the session is closed"),
+                );
+                let _ = cw.write_all(&to_client).await;
+                let _ = cw.shutdown().await;
+                return (Err(err), up_bytes, down_bytes + to_client.len() as u64, how);
             }
             if !lock(&self.track).done.is_empty() {
                 // The client gets its answer first; the evidence follows at once,
