@@ -1247,7 +1247,7 @@ impl Session<'_> {
                 };
                 Arc::new(Stmt {
                     text: text.clone(),
-                    info: analysis.statements.get(i).cloned().map(Arc::new),
+                    info: analysis.statements.get(i).cloned(),
                     facts: sd.facts,
                     parse_error: sd.error,
                     decision,

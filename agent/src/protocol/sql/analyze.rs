@@ -19,7 +19,7 @@ use crate::policy::spec::StatementKind as K;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Analysis {
     /// One per statement in the text.
-    pub statements: Vec<StatementInfo>,
+    pub statements: Vec<std::sync::Arc<StatementInfo>>,
     /// Some: the text did not parse (statements then empty).
     pub error: Option<String>,
 }
@@ -994,7 +994,10 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
     });
     match whole {
         Ok(stmts) => Analysis {
-            statements: stmts.iter().map(statement_info).collect(),
+            statements: stmts
+                .iter()
+                .map(|s| std::sync::Arc::new(statement_info(s)))
+                .collect(),
             error: None,
         },
         Err(whole) => {
@@ -1019,7 +1022,7 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
                 }
             }
             Analysis {
-                statements: out,
+                statements: out.into_iter().map(std::sync::Arc::new).collect(),
                 error: None,
             }
         }

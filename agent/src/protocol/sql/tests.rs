@@ -26,7 +26,7 @@ fn one(sql: &str) -> StatementFacts {
 }
 
 fn info(sql: &str) -> StatementInfo {
-    analysis(sql).statements[0].clone()
+    (*analysis(sql).statements[0]).clone()
 }
 
 fn s(v: &[&str]) -> Vec<String> {
