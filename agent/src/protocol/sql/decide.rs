@@ -124,8 +124,11 @@ pub fn decide_message(
             error: None,
         });
     } else {
-        let mut s = session.clone();
+        // Later statements of the message see the earlier ones' effects, on a
+        // copy of the session; a single statement (the usual case) needs none.
+        let mut copy = (analysis.statements.len() > 1).then(|| session.clone());
         for st in &analysis.statements {
+            let s = copy.as_ref().unwrap_or(session);
             match s.facts_for(st) {
                 Ok(f) => {
                     let decision = req(Action::Statement(&f));
@@ -141,7 +144,9 @@ pub fn decide_message(
                     decision: refused(policy, target),
                 }),
             }
-            s.completed(st);
+            if let Some(c) = copy.as_mut() {
+                c.completed(st);
+            }
         }
     }
     let decision = most_restrictive(&out.iter().map(|d| d.decision.clone()).collect::<Vec<_>>())
