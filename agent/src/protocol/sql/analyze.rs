@@ -48,6 +48,97 @@ pub struct StatementInfo {
     /// `RESET search_path`, `RESET ALL`, `DISCARD ALL`: back to the startup value.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reset_search_path: bool,
+    /// The analysis read the value of a literal (an EXPLAIN option, a `SET`
+    /// value, an argument of `set_config`): a text of the same shape with other
+    /// literals may do something else, so the cache never shares this analysis
+    /// by shape.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub literal_dependent: bool,
+    /// The statement changes a setting the agent pins (one that changes how the
+    /// server reads statement text, see [`LEXING_SETTINGS`]), or a setting the
+    /// agent cannot name: why it is refused, naming the setting. Refused
+    /// whatever the policy says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned_setting: Option<String>,
+}
+
+/// Settings that change how the server splits and reads statement text: with
+/// `standard_conforming_strings` off a backslash escapes a quote in `'...'`;
+/// client encodings such as SJIS, BIG5 or GBK have multibyte characters whose
+/// second byte is a backslash or a quote. The agent forces
+/// `standard_conforming_strings=on` and `client_encoding=UTF8` at login and
+/// refuses every change of these.
+pub const LEXING_SETTINGS: &[&str] = &[
+    "standard_conforming_strings",
+    "client_encoding",
+    "backslash_quote",
+];
+
+/// An encoding name as PostgreSQL compares them (letters and digits only, lower case).
+fn clean_encoding(v: &str) -> String {
+    v.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Whether `v` names UTF8 (`UTF8`, `utf-8`, `Unicode`, ...).
+pub fn is_utf8_name(v: &str) -> bool {
+    matches!(clean_encoding(v).as_str(), "utf8" | "unicode")
+}
+
+/// Whether PostgreSQL reads `v` as boolean true (`on`, `true`, `yes`, `1` and
+/// the prefixes of `true` and `yes` it accepts).
+fn is_true(v: &str) -> bool {
+    let v = v.to_ascii_lowercase();
+    !v.is_empty() && ("true".starts_with(&v) || "yes".starts_with(&v) || v == "on" || v == "1")
+}
+
+/// Why setting `name` to `value` is refused (None: allowed). `value` None: a
+/// value the agent cannot read; `default`: `SET name TO DEFAULT`, which goes
+/// back to the value the agent forced at login.
+pub fn pinned_violation(name: &str, value: Option<&str>, default: bool) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    if !LEXING_SETTINGS.contains(&name.as_str()) || default {
+        return None;
+    }
+    let ok = match (name.as_str(), value) {
+        ("standard_conforming_strings", Some(v)) => is_true(v),
+        ("client_encoding", Some(v)) => is_utf8_name(v),
+        _ => false,
+    };
+    if ok {
+        return None;
+    }
+    Some(format!(
+        "`{name}` cannot be changed through Portcullis (to {}): the agent reads statements with standard_conforming_strings=on and client_encoding=UTF8, which it sets at login, and refuses what would make the server read them otherwise",
+        value.map_or("a value it cannot read".to_string(), |v| format!("`{v}`"))
+    ))
+}
+
+/// A `SET` value as written (identifier, string, number, boolean), for the
+/// settings whose value the agent checks.
+fn setting_value(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(id) => Some(id.value.clone()),
+        Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) => Some(s.clone()),
+            ast::Value::Number(n, _) => Some(n.clone()),
+            ast::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `SET name TO DEFAULT` (the keyword, not the string `'default'`).
+fn is_default(values: &[Expr]) -> bool {
+    matches!(values, [Expr::Identifier(id)] if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default"))
+}
+
+/// Settings whose change is a change of role (`set_role`).
+fn is_role_setting(name: &str) -> bool {
+    name.eq_ignore_ascii_case("role") || name.eq_ignore_ascii_case("session_authorization")
 }
 
 /// Functions whose call is dangerous whatever the table rules say: server files,
@@ -116,12 +207,13 @@ fn is_dangerous_function(unqualified: &str) -> bool {
             .any(|p| unqualified.starts_with(p))
 }
 
-/// An identifier as PostgreSQL folds it: lower case unless quoted.
+/// An identifier as PostgreSQL folds it: lower case unless quoted. Only ASCII
+/// letters are folded, as the server does in a UTF8 session (`ÄBC` is `Äbc`).
 fn fold(id: &ast::Ident) -> String {
     if id.quote_style.is_some() {
         id.value.clone()
     } else {
-        id.value.to_lowercase()
+        id.value.to_ascii_lowercase()
     }
 }
 
@@ -185,6 +277,12 @@ struct Collector {
     aliases: Vec<(String, String)>,
     /// Column references as written (qualifier, column).
     raw_columns: Vec<(Option<String>, String)>,
+    /// See [`StatementInfo::literal_dependent`].
+    literal_dependent: bool,
+    /// See [`StatementInfo::pinned_setting`].
+    pinned: Option<String>,
+    /// `set_config('search_path', '...')`: the schemas.
+    set_config_path: Option<Vec<String>>,
 }
 
 fn addr<T>(t: &T) -> usize {
@@ -203,7 +301,68 @@ impl Collector {
             cte_bodies: Vec::new(),
             aliases: Vec::new(),
             raw_columns: Vec::new(),
+            literal_dependent: false,
+            pinned: None,
+            set_config_path: None,
         }
+    }
+
+    fn pin(&mut self, why: Option<String>) {
+        if self.pinned.is_none() {
+            self.pinned = why;
+        }
+    }
+
+    /// `SET name TO values`: lexing settings checked, role changes classified.
+    fn set_assignment(&mut self, name: &str, values: &[Expr]) {
+        self.literal_dependent = true;
+        if is_role_setting(name) {
+            self.kind(K::SetRole);
+        }
+        let value = match values {
+            [v] => setting_value(v),
+            _ => None,
+        };
+        self.pin(pinned_violation(name, value.as_deref(), is_default(values)));
+    }
+
+    /// `set_config(name, value, is_local)`: read like the `SET` it is, when its
+    /// name and value are literals; refused when the agent cannot read the name.
+    fn set_config(&mut self, f: &ast::Function) {
+        self.literal_dependent = true;
+        let lit = |a: &ast::FunctionArg| match a {
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Value(v))) => {
+                match &v.value {
+                    ast::Value::SingleQuotedString(s) => Some(s.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let (name, value) = match &f.args {
+            ast::FunctionArguments::List(l) => {
+                (l.args.first().and_then(lit), l.args.get(1).and_then(lit))
+            }
+            _ => (None, None),
+        };
+        let Some(name) = name else {
+            self.pin(Some(
+                "set_config with a setting name that is not a string literal: the agent cannot tell which setting it changes".into(),
+            ));
+            return;
+        };
+        if is_role_setting(&name) {
+            self.kind(K::SetRole);
+        }
+        if name.eq_ignore_ascii_case("search_path") {
+            match &value {
+                Some(v) => self.set_config_path = Some(path_list(v)),
+                None => self.pin(Some(
+                    "set_config of search_path to a value that is not a string literal: the agent cannot tell which schemas names resolve to".into(),
+                )),
+            }
+        }
+        self.pin(pinned_violation(&name, value.as_deref(), false));
     }
 
     fn is_cte(&self, n: &ObjectName) -> bool {
@@ -219,6 +378,12 @@ impl Collector {
     }
 
     fn written(&mut self, t: String) {
+        if self.executes && t.rsplit('.').next() == Some("pg_settings") {
+            // An UPDATE of pg_settings calls set_config (the view's rule).
+            self.pin(Some(
+                "a write to pg_settings changes settings (its rule calls set_config), which the agent cannot follow".into(),
+            ));
+        }
         if self.executes {
             push_unique(&mut self.facts.tables_written, t);
         } else {
@@ -400,8 +565,11 @@ impl Collector {
             Statement::Load { .. } => self.danger("load"),
             Statement::Declare { .. } => self.kind(K::Select),
             Statement::Comment { object_name, .. } => self.written(table_name(object_name)),
-            Statement::Set(Set::SingleAssignment { variable, .. }) => {
-                let v = name_of(variable);
+            Statement::Set(Set::SingleAssignment {
+                variable, values, ..
+            }) => {
+                let v = name_of(variable).to_ascii_lowercase();
+                self.set_assignment(&v, values);
                 if matches!(
                     v.as_str(),
                     "session_preload_libraries"
@@ -410,6 +578,33 @@ impl Collector {
                         | "dynamic_library_path"
                 ) {
                     self.danger("set_preload_libraries");
+                }
+            }
+            Statement::Set(Set::MultipleAssignments { assignments }) => {
+                for a in assignments {
+                    let v = name_of(&a.name).to_ascii_lowercase();
+                    self.set_assignment(&v, std::slice::from_ref(&a.value));
+                }
+            }
+            Statement::Set(Set::ParenthesizedAssignments { variables, .. }) => {
+                for n in variables {
+                    let v = name_of(n).to_ascii_lowercase();
+                    self.set_assignment(&v, &[]);
+                }
+            }
+            Statement::Set(Set::SetNames { charset_name, .. }) => {
+                self.literal_dependent = true;
+                self.pin(pinned_violation(
+                    "client_encoding",
+                    Some(&charset_name.value),
+                    false,
+                ));
+            }
+            Statement::Reset(r) => {
+                if let ast::Reset::ConfigurationParameter(n) = &r.reset
+                    && is_role_setting(&name_of(n))
+                {
+                    self.kind(K::SetRole);
                 }
             }
             _ => {}
@@ -450,15 +645,36 @@ impl Collector {
                 self.set_expr(right);
             }
             SetExpr::Table(t) => {
+                // sqlparser keeps `TABLE x`'s names without their quoting, so
+                // `TABLE Orders` (the server reads `orders`) and `TABLE "Orders"`
+                // look alike: a name with upper case is reported in both
+                // spellings, so that a rule naming either applies.
+                let spellings = |n: &str| {
+                    let folded = n.to_ascii_lowercase();
+                    if folded == n {
+                        vec![folded]
+                    } else {
+                        vec![folded, n.to_string()]
+                    }
+                };
                 if let Some(name) = &t.table_name {
+                    let names = spellings(name);
                     let is_cte = t.schema_name.is_none()
-                        && self.scopes.last().is_some_and(|s| s.contains(name));
+                        && names
+                            .iter()
+                            .all(|n| self.scopes.last().is_some_and(|s| s.contains(n)));
                     if !is_cte {
-                        let full = match &t.schema_name {
-                            Some(s) => format!("{s}.{name}"),
-                            None => name.clone(),
-                        };
-                        self.read(full);
+                        let schemas = t.schema_name.as_deref().map(spellings);
+                        for n in &names {
+                            match &schemas {
+                                Some(ss) => {
+                                    for s in ss {
+                                        self.read(format!("{s}.{n}"));
+                                    }
+                                }
+                                None => self.read(n.clone()),
+                            }
+                        }
                     }
                 }
             }
@@ -554,7 +770,13 @@ impl Visitor for Collector {
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         match e {
-            Expr::Function(f) => self.function(&f.name),
+            Expr::Function(f) => {
+                self.function(&f.name);
+                let name = name_of(&f.name);
+                if name.rsplit('.').next() == Some("set_config") && self.executes {
+                    self.set_config(f);
+                }
+            }
             Expr::Identifier(id) => self.raw_columns.push((None, fold(id))),
             Expr::CompoundIdentifier(ids) if ids.len() >= 2 => {
                 let col = fold(&ids[ids.len() - 1]);
@@ -619,8 +841,14 @@ fn top_kind(s: &Statement) -> K {
         S::Grant(_) => K::Grant,
         S::Revoke(_) => K::Revoke,
         S::Set(Set::SetRole { .. }) | S::Set(Set::SetSessionAuthorization(_)) => K::SetRole,
+        S::Set(Set::SingleAssignment { variable, .. }) if is_role_setting(&name_of(variable)) => {
+            K::SetRole
+        }
         S::Set(_) => K::Set,
-        S::Reset(_) => K::Reset,
+        S::Reset(r) => match &r.reset {
+            ast::Reset::ConfigurationParameter(n) if is_role_setting(&name_of(n)) => K::SetRole,
+            _ => K::Reset,
+        },
         S::StartTransaction { .. } => K::Begin,
         S::Commit { .. } => K::Commit,
         S::Rollback { .. } => K::Rollback,
@@ -691,6 +919,23 @@ fn fingerprint(s: &Statement) -> String {
     s.to_string()
 }
 
+/// A search_path written as one string (`'"$user", public'`): its names.
+fn path_list(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let p = part.trim();
+        let p = if p.len() >= 2 && p.starts_with('"') && p.ends_with('"') {
+            p[1..p.len() - 1].to_string()
+        } else {
+            p.to_ascii_lowercase()
+        };
+        if !p.is_empty() {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn search_path_values(values: &[Expr]) -> Vec<String> {
     let mut out = Vec::new();
     for v in values {
@@ -699,22 +944,12 @@ fn search_path_values(values: &[Expr]) -> Vec<String> {
             Expr::Value(v) => match &v.value {
                 ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
                     // A string holds one or several comma-separated names.
-                    for part in s.split(',') {
-                        let p = part.trim();
-                        let p = if p.len() >= 2 && p.starts_with('"') && p.ends_with('"') {
-                            p[1..p.len() - 1].to_string()
-                        } else {
-                            p.to_lowercase()
-                        };
-                        if !p.is_empty() {
-                            out.push(p);
-                        }
-                    }
+                    out.extend(path_list(s));
                     continue;
                 }
-                other => other.to_string().to_lowercase(),
+                other => other.to_string().to_ascii_lowercase(),
             },
-            other => other.to_string().to_lowercase(),
+            other => other.to_string().to_ascii_lowercase(),
         };
         out.push(s);
     }
@@ -741,6 +976,8 @@ pub(super) fn statement_info(s: &Statement) -> StatementInfo {
         dedup_kinds(&mut facts.kinds);
         info.facts = facts;
         info.dangerous = inner.dangerous.clone();
+        info.literal_dependent = inner.literal_dependent;
+        info.pinned_setting = inner.pinned_setting.clone();
         info.prepare = Some((fold(name), Box::new(inner)));
         return info;
     }
@@ -752,6 +989,8 @@ pub(super) fn statement_info(s: &Statement) -> StatementInfo {
             ..
         } => {
             let runs = explain_executes(*analyze, options.as_ref());
+            // Whether it runs is read from the options' literals.
+            info.literal_dependent = options.is_some();
             if runs {
                 let inner = top_kind(statement);
                 let mut c = Collector::new(s, true);
@@ -824,6 +1063,11 @@ fn finish(mut info: StatementInfo, mut c: Collector) -> StatementInfo {
     dedup_kinds(&mut c.facts.kinds);
     info.facts = c.facts;
     info.dangerous = c.dangerous;
+    info.literal_dependent |= c.literal_dependent;
+    info.pinned_setting = c.pinned;
+    if info.set_search_path.is_none() {
+        info.set_search_path = c.set_config_path;
+    }
     info
 }
 
@@ -1095,6 +1339,24 @@ fn fallback(p: &Piece) -> Option<StatementInfo> {
     };
     match w(0).as_deref() {
         Some("DO") => simple(K::Do),
+        // Spellings of a role change sqlparser does not read (`SET role TO x`,
+        // `SET LOCAL SESSION AUTHORIZATION x`, `RESET SESSION AUTHORIZATION`).
+        Some("SET") | Some("RESET") => {
+            let mut i = 1;
+            if w(0).as_deref() == Some("SET")
+                && matches!(w(1).as_deref(), Some("LOCAL" | "SESSION"))
+            {
+                i = 2;
+            }
+            let role = match w(i).as_deref() {
+                Some("ROLE") | Some("SESSION_AUTHORIZATION") => true,
+                Some("SESSION") => w(i + 1).as_deref() == Some("AUTHORIZATION"),
+                _ => {
+                    matches!(t.get(i), Some(Token::Word(x)) if x.quote_style.is_some() && is_role_setting(&x.value))
+                }
+            };
+            if role { simple(K::SetRole) } else { None }
+        }
         Some("COPY") => copy_without_options(t),
         Some("VACUUM") | Some("ANALYZE") | Some("ANALYSE") => vacuum(t),
         Some("ABORT") => simple(K::Rollback),
@@ -1149,7 +1411,7 @@ fn vacuum(t: &[Token]) -> Option<StatementInfo> {
             Token::Word(w) => name.push_str(&if w.quote_style.is_some() {
                 w.value.clone()
             } else {
-                w.value.to_lowercase()
+                w.value.to_ascii_lowercase()
             }),
             Token::Period => name.push('.'),
             Token::Comma => tables.push(std::mem::take(&mut name)),
@@ -1226,7 +1488,7 @@ fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
                 name.push_str(&if w.quote_style.is_some() {
                     w.value.clone()
                 } else {
-                    w.value.to_lowercase()
+                    w.value.to_ascii_lowercase()
                 });
             }
             Token::Period => name.push('.'),

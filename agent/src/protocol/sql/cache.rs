@@ -9,12 +9,19 @@
 //!
 //! Texts that differ only in their literals (`... WHERE aid = 17` and `... WHERE
 //! aid = 42`, as simple-protocol clients send them) share one entry, keyed by the
-//! text's *shape* (literals replaced by `?`): what the policy looks at does not
-//! depend on literal values, with one exception, `SET search_path TO 'x'`, whose
-//! analyses are never shared. The shape is computed by a small scanner that gives
-//! up (and the exact text is the key) on anything it does not handle with
-//! certainty: backslashes, dollar signs (quoting and parameters), prefixed strings
-//! (`E''`, `U&''`, `B''`, `X''`), unterminated quotes or comments.
+//! text's *shape* (literals replaced by `?`). That is sound only where the
+//! analysis does not depend on a literal's value; where it does, the analysis
+//! says so ([`StatementInfo::literal_dependent`](super::StatementInfo)) and is
+//! kept under its exact text only. The analyser reads a literal's value at
+//! these sites, each marking the statement: EXPLAIN options (`ANALYZE 0` does not
+//! run the statement, `ANALYZE 1` does), every `SET` value (`search_path`, the
+//! pinned lexing settings, `SET NAMES`), and the arguments of `set_config(...)`.
+//! The shape is computed by a small scanner that gives up (and the exact text is
+//! the key) on anything it does not handle with certainty: backslashes, dollar
+//! signs (quoting and parameters), prefixed strings (`E''`, `U&''`, `B''`,
+//! `X''`), numbers followed by letters, digits or dots that are not part of a
+//! plain decimal number (`1from`, `0x1F`, `1_000`, `1e`: lexed differently by
+//! different server versions), unterminated quotes or comments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,7 +76,7 @@ impl Analyzer {
             && !a
                 .statements
                 .iter()
-                .any(|s| s.set_search_path.is_some() || s.reset_search_path);
+                .any(|s| s.literal_dependent || s.set_search_path.is_some());
         let key: Box<str> = match shape_key {
             Some(k) if shareable => k.into(),
             _ => sql.into(),
@@ -234,20 +241,12 @@ pub fn shape(sql: &str) -> Option<String> {
                 i = j;
             }
             b'0'..=b'9' => {
-                let mut j = i;
-                while j < b.len() && (ident(b[j]) || b[j] == b'.') {
-                    j += 1;
-                }
+                i = number(b, i)?;
                 out.push(b'?');
-                i = j;
             }
             b'.' if next.is_some_and(|n| n.is_ascii_digit()) => {
-                let mut j = i + 1;
-                while j < b.len() && (ident(b[j]) || b[j] == b'.') {
-                    j += 1;
-                }
+                i = number(b, i)?;
                 out.push(b'?');
-                i = j;
             }
             _ if ident(c) => {
                 let mut j = i;
@@ -264,6 +263,37 @@ pub fn shape(sql: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The end of the plain decimal number at `i` (`12`, `1.5`, `.5`, `1.`, `1e-3`,
+/// `2.5E+10`); `None` when letters, digits, dots or underscores follow it, which
+/// PostgreSQL versions lex differently (`1from` is `1 from` before 15 and an
+/// error since; `0x1F` and `1_000` are numbers since 16).
+fn number(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |b: &[u8], mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    i = digits(b, i);
+    if b.get(i) == Some(&b'.') && b.get(i + 1) != Some(&b'.') {
+        i = digits(b, i + 1);
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let mut j = i + 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        if !b.get(j).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        i = digits(b, j);
+    }
+    match b.get(i) {
+        Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.' || *c >= 0x80 => None,
+        _ => Some(i),
+    }
 }
 
 #[cfg(test)]
@@ -324,5 +354,130 @@ mod shape_tests {
             t1.statements[0].facts.tables_written,
             t2.statements[0].facts.tables_written
         );
+    }
+}
+
+#[cfg(test)]
+mod literal_site_tests {
+    //! Every site where the analyser reads a literal's value: two texts of one
+    //! shape that differ there get their own analyses.
+    use super::*;
+    use crate::policy::spec::StatementKind as K;
+
+    /// Analyses `a` then `b` (one shape) in one cache; asserts they were not shared.
+    fn apart(a: &str, b: &str) -> (Arc<Analysis>, Arc<Analysis>) {
+        assert_eq!(shape(a), shape(b), "{a} / {b}: the test needs one shape");
+        assert!(shape(a).is_some(), "{a}: the shape scanner gave up");
+        let c = Analyzer::new(64);
+        let x = c.analyze(a);
+        let y = c.analyze(b);
+        assert!(!Arc::ptr_eq(&x, &y), "{a} / {b} shared one analysis");
+        assert!(x.statements[0].literal_dependent, "{a}");
+        (x, y)
+    }
+
+    #[test]
+    fn explain_options() {
+        let (x, y) = apart(
+            "EXPLAIN (ANALYZE 0) DELETE FROM orders WHERE id = 2",
+            "EXPLAIN (ANALYZE 1) DELETE FROM orders WHERE id = 2",
+        );
+        assert_eq!(x.statements[0].facts.kinds, vec![K::Explain]);
+        assert_eq!(y.statements[0].facts.kinds, vec![K::Explain, K::Delete]);
+        assert_eq!(y.statements[0].facts.tables_written, vec!["orders"]);
+        let (_, y) = apart(
+            "EXPLAIN (ANALYZE 'off') DELETE FROM orders",
+            "EXPLAIN (ANALYZE 'on') DELETE FROM orders",
+        );
+        assert!(y.statements[0].facts.kinds.contains(&K::Delete));
+        // Inside PREPARE too.
+        let (_, y) = apart(
+            "PREPARE p AS EXPLAIN (ANALYZE 0) DELETE FROM orders",
+            "PREPARE p AS EXPLAIN (ANALYZE 1) DELETE FROM orders",
+        );
+        assert!(y.statements[0].facts.kinds.contains(&K::Delete));
+    }
+
+    #[test]
+    fn set_values() {
+        let (x, y) = apart(
+            "SET standard_conforming_strings = 'on'",
+            "SET standard_conforming_strings = 'off'",
+        );
+        assert_eq!(x.statements[0].pinned_setting, None);
+        assert!(y.statements[0].pinned_setting.is_some());
+        let (x, y) = apart(
+            "SET client_encoding = 'UTF8'",
+            "SET client_encoding = 'SJIS'",
+        );
+        assert_eq!(x.statements[0].pinned_setting, None);
+        assert!(y.statements[0].pinned_setting.is_some());
+        let (x, y) = apart("SET NAMES 'UTF8'", "SET NAMES 'BIG5'");
+        assert_eq!(x.statements[0].pinned_setting, None);
+        assert!(y.statements[0].pinned_setting.is_some());
+        let (x, y) = apart(
+            "SET search_path TO 'public'",
+            "SET search_path TO 'private'",
+        );
+        assert_eq!(
+            x.statements[0].set_search_path.as_deref(),
+            Some(&["public".to_string()][..])
+        );
+        assert_eq!(
+            y.statements[0].set_search_path.as_deref(),
+            Some(&["private".to_string()][..])
+        );
+        // Any other setting's value is not read, but SET is never shared.
+        apart("SET work_mem = '1MB'", "SET work_mem = '2MB'");
+    }
+
+    #[test]
+    fn set_config_arguments() {
+        let (x, y) = apart(
+            "SELECT set_config('search_path', 'public', false)",
+            "SELECT set_config('search_path', 'private', false)",
+        );
+        assert_eq!(
+            x.statements[0].set_search_path.as_deref(),
+            Some(&["public".to_string()][..])
+        );
+        assert_eq!(
+            y.statements[0].set_search_path.as_deref(),
+            Some(&["private".to_string()][..])
+        );
+        let (x, y) = apart(
+            "SELECT set_config('client_encoding', 'UTF8', false)",
+            "SELECT set_config('client_encoding', 'GBK', false)",
+        );
+        assert_eq!(x.statements[0].pinned_setting, None);
+        assert!(y.statements[0].pinned_setting.is_some());
+        let (x, y) = apart(
+            "SELECT set_config('application_name', 'x', false)",
+            "SELECT set_config('role', 'x', false)",
+        );
+        assert!(!x.statements[0].facts.kinds.contains(&K::SetRole));
+        assert!(y.statements[0].facts.kinds.contains(&K::SetRole));
+    }
+
+    #[test]
+    fn numbers_that_servers_lex_differently_are_not_shaped() {
+        // `1from t` is `1 FROM t` before PostgreSQL 15: it must never share the
+        // analysis of `1 t` (no table).
+        for t in [
+            "SELECT 1from t",
+            "SELECT 0x1F",
+            "SELECT 1_000",
+            "SELECT 1e",
+            "SELECT 1.2.3",
+            "SELECT 1..2",
+        ] {
+            assert_eq!(shape(t), None, "{t}");
+        }
+        for (t, want) in [
+            ("SELECT 1 t", "SELECT ? t"),
+            ("SELECT 1.5e-3, 2E+4, .5, 3.", "SELECT ?, ?, ?, ?"),
+        ] {
+            assert_eq!(shape(t).as_deref(), Some(want), "{t}");
+        }
     }
 }

@@ -21,6 +21,8 @@ mod session;
 #[cfg(test)]
 mod corpus;
 #[cfg(test)]
+mod soundness_tests;
+#[cfg(test)]
 mod tests;
 
 // The API the PostgreSQL proxy (agent/src/protocol/postgres) calls.
