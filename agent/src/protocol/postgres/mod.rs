@@ -5,12 +5,14 @@
 //!
 //! `codec` is framing and messages (no state), `session` the state machine,
 //! `auth` the upstream password exchanges, `tls` both TLS sides, `cancel` the
-//! mapping of the client's cancel keys to the server's.
+//! mapping of the client's cancel keys to the server's, `startup` the client's
+//! startup parameters as the server reads them.
 
 pub mod auth;
 pub mod cancel;
 pub mod codec;
 pub mod session;
+pub mod startup;
 pub mod stream;
 pub mod tls;
 

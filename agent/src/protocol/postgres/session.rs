@@ -79,9 +79,12 @@ pub struct Summary {
     pub denied: u64,
     /// How the upstream login went: `scram-sha-256`, `md5`, `password`, `trust`.
     pub auth_method: Option<&'static str>,
-    /// A search_path the client set in its startup packet (`search_path`, or
-    /// `-c search_path=...` in `options`), for qualifying table names.
+    /// The session's search_path as the server reported it after login (the
+    /// startup packet's, or the role's or database's default), for qualifying
+    /// table names.
     pub startup_search_path: Option<String>,
+    /// The session's current user after login (what `$user` names).
+    pub session_user: Option<String>,
     /// The session's recorder, handed back for the proxy to finish.
     pub recorder: Option<Recorder>,
 }
@@ -370,8 +373,16 @@ async fn startup(
             Some(client),
         ));
     }
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let Some(client_user) = get("user") else {
+    let effective = match super::startup::read(&params) {
+        Ok(e) => e,
+        Err(e) => {
+            return Err((
+                Fail::new("42501", "refused", format!("Portcullis: {e}")),
+                Some(client),
+            ));
+        }
+    };
+    let Some(client_user) = effective.user.clone() else {
         return Err((
             Fail::new(
                 "28000",
@@ -381,31 +392,13 @@ async fn startup(
             Some(client),
         ));
     };
-    if get("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
-        return Err((
-            Fail::new(
-                "42501",
-                "refused",
-                "replication connections are not proxied by Portcullis",
-            ),
-            Some(client),
-        ));
-    }
     // The client is identified by the kernel attribution the connection was
     // decided on; it sends no password. A per-workload secret or token (the
     // identity work) would be checked here, before any upstream login.
-    sum.startup_search_path = get("search_path").or_else(|| {
-        let o = get("options")?;
-        let i = o.find("search_path=")?;
-        let v = &o[i + "search_path=".len()..];
-        Some(
-            v.split_whitespace()
-                .next()
-                .unwrap_or("")
-                .replace("\\ ", " "),
-        )
-    });
-    let mut database = get("database").unwrap_or_else(|| client_user.clone());
+    let mut database = effective
+        .database
+        .clone()
+        .unwrap_or_else(|| client_user.clone());
     let cred = match &ctx.target.credentials {
         Some(name) => match crate::credentials::load(&ctx.shared.cfg.credentials_dir, name) {
             Ok(c) => Some(c),
@@ -475,12 +468,7 @@ async fn startup(
         }
     };
     sum.upstream_tls = upstream.is_tls();
-    let mut up_params: Vec<(String, String)> = params
-        .into_iter()
-        .filter(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_."))
-        .collect();
-    up_params.insert(0, ("database".into(), database.clone()));
-    up_params.insert(0, ("user".into(), upstream_user.clone()));
+    let up_params = effective.upstream(&upstream_user, &database);
     let mut out = BytesMut::with_capacity(1024);
     codec::startup(&mut out, codec::PROTOCOL_3_0, &up_params);
     if let Err(e) = send(&mut upstream, &mut out).await {
@@ -742,7 +730,16 @@ async fn startup(
                     Some(client),
                 ));
             }
-            b'S' | b'N' => f.encode(&mut out),
+            b'S' => {
+                if let Some(why) = super::startup::unsafe_parameter_status(&f.body) {
+                    return Err((
+                        Fail::new("42501", "unsafe_setting", format!("Portcullis: {why}")),
+                        Some(client),
+                    ));
+                }
+                f.encode(&mut out)
+            }
+            b'N' => f.encode(&mut out),
             t => {
                 return Err((
                     Fail::new(
@@ -757,6 +754,15 @@ async fn startup(
                 ));
             }
         }
+    }
+    // What unqualified names resolve to is learned from the server, not assumed:
+    // role and database defaults (`ALTER ROLE ... SET search_path`) apply too.
+    match learn_session(&mut upstream, &mut ubuf, max).await {
+        Ok((user, path)) => {
+            sum.session_user = Some(user);
+            sum.startup_search_path = Some(path);
+        }
+        Err(e) => return Err((e, Some(client))),
     }
     if !ubuf.is_empty() || !buf.is_empty() {
         // Nothing may precede the first ReadyForQuery; keep what arrived anyway.
@@ -785,6 +791,64 @@ async fn startup(
         ));
     }
     Ok(Some((client, upstream, keys)))
+}
+
+/// The agent's own query after login, before the client is told it is ready.
+const LEARN_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), current_user";
+
+/// Asks the server for the session's search_path and current user (for
+/// `$user`); returns (user, search_path).
+async fn learn_session<S: AsyncRead + AsyncWrite + Unpin>(
+    upstream: &mut S,
+    ubuf: &mut BytesMut,
+    max: usize,
+) -> Result<(String, String), Fail> {
+    let mut out = BytesMut::new();
+    codec::query(&mut out, LEARN_SQL);
+    send(upstream, &mut out).await.map_err(Fail::io)?;
+    let mut got: Option<(String, String)> = None;
+    let mut err: Option<String> = None;
+    loop {
+        let f = next_frame(upstream, ubuf, max).await?;
+        match f.tag {
+            b'D' => {
+                if let Ok(v) = codec::data_row(&f.body)
+                    && let [Some(p), Some(u)] = v.as_slice()
+                {
+                    got = Some((
+                        String::from_utf8_lossy(u).into_owned(),
+                        String::from_utf8_lossy(p).into_owned(),
+                    ));
+                }
+            }
+            b'E' => {
+                let n = codec::parse_notice(&f.body);
+                err = Some(format!("{} {}: {}", n.severity, n.sqlstate, n.message));
+            }
+            b'S' => {
+                if let Some(why) = super::startup::unsafe_parameter_status(&f.body) {
+                    return Err(Fail::new(
+                        "42501",
+                        "unsafe_setting",
+                        format!("Portcullis: {why}"),
+                    ));
+                }
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match (got, err) {
+        (Some(g), None) => Ok(g),
+        (_, e) => Err(Fail::new(
+            "08006",
+            "upstream_refused",
+            format!(
+                "Portcullis could not read the session's search_path from the server{}",
+                e.map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 fn negotiate_version(out: &mut BytesMut, unknown: &[&str]) {
@@ -977,6 +1041,9 @@ struct Track {
     denied: u64,
     /// Set by a `kill` decision: the FATAL message that ends the session.
     kill: Option<String>,
+    /// Set when the server reports a pinned setting with an unsafe value
+    /// (ParameterStatus): why the session ends at once.
+    unsafe_setting: Option<String>,
     /// Completed statements whose recording and audit record are still to write.
     done: Vec<Done>,
     /// Masks in the policy apply to this session: result values are not
@@ -1038,7 +1105,10 @@ async fn relay(
         track: Mutex::new(Track {
             ops: VecDeque::new(),
             sql: SqlSession::new(
-                sum.upstream_user.as_deref().unwrap_or(""),
+                sum.session_user
+                    .as_deref()
+                    .or(sum.upstream_user.as_deref())
+                    .unwrap_or(""),
                 sum.startup_search_path.as_deref(),
             ),
             prepared: HashMap::new(),
@@ -1047,6 +1117,7 @@ async fn relay(
             statements: 0,
             denied: 0,
             kill: None,
+            unsafe_setting: None,
             done: Vec::new(),
             withhold_values: masks_apply(&ctx.shared.policy(), &ctx.target.name, &ctx.workloads),
         }),
@@ -1067,6 +1138,9 @@ async fn relay(
 
 /// Rule id of statements refused while the audit log cannot take records.
 const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
+/// Rule id of statements that change a setting the agent pins (how the server
+/// reads statement text): refused whatever the policy and its mode say.
+const PINNED_SETTING: &str = "pinned-setting";
 
 /// Why a recording holds no result values.
 const WITHHELD: &str = "masks in the policy apply to this session; the agent does not apply masks yet, so result values are not recorded";
@@ -1234,22 +1308,27 @@ impl Session<'_> {
             .into_iter()
             .enumerate()
             .map(|(i, sd)| {
-                let decision = if audit_down {
-                    Decision {
-                        outcome: Outcome::Deny,
-                        decided: policy::spec::Effect::Deny,
-                        rule: AUDIT_UNAVAILABLE.into(),
-                        mode: policy::Mode::Enforce,
-                        workloads: Vec::new(),
-                    }
+                let info = analysis.statements.get(i).cloned();
+                let refuse = |rule: &str| Decision {
+                    outcome: Outcome::Deny,
+                    decided: policy::spec::Effect::Deny,
+                    rule: rule.into(),
+                    mode: policy::Mode::Enforce,
+                    workloads: Vec::new(),
+                };
+                let pinned = info.as_ref().and_then(|i| i.pinned_setting.clone());
+                let (decision, parse_error) = if audit_down {
+                    (refuse(AUDIT_UNAVAILABLE), sd.error)
+                } else if let Some(why) = pinned {
+                    (refuse(PINNED_SETTING), Some(why))
                 } else {
-                    sd.decision
+                    (sd.decision, sd.error)
                 };
                 Arc::new(Stmt {
                     text: text.clone(),
-                    info: analysis.statements.get(i).cloned(),
+                    info,
                     facts: sd.facts,
-                    parse_error: sd.error,
+                    parse_error,
                     decision,
                     policy_hash: policy_hash.clone(),
                     protocol,
@@ -1299,6 +1378,12 @@ impl Session<'_> {
                 "Portcullis: statement refused: it could not be parsed ({}), and target {} refuses what cannot be checked",
                 s.parse_error.as_deref().unwrap_or("parse error"),
                 self.ctx.target.name
+            ),
+            (_, PINNED_SETTING) => format!(
+                "Portcullis: statement refused: {}",
+                s.parse_error
+                    .as_deref()
+                    .unwrap_or("it changes a pinned setting")
             ),
             (_, "unknown-prepared-statement") => format!(
                 "Portcullis: statement refused: {}",
@@ -1510,12 +1595,27 @@ impl Session<'_> {
                 let step = codec::try_frame(&mut ubuf, max)
                     .map_err(|e| format!("protocol violation from the server: {e}"))
                     .and_then(|f| match f {
-                        Some(f) => self.on_server_frame(f, &mut to_client).map(|()| true),
-                        None => Ok(false),
+                        Some(f) => {
+                            let tag = f.tag;
+                            self.on_server_frame(f, &mut to_client).map(|()| Some(tag))
+                        }
+                        None => Ok(None),
                     });
                 match step {
-                    Ok(true) => {}
-                    Ok(false) => break,
+                    Ok(Some(tag)) => {
+                        if tag == b'S'
+                            && let Some(why) = lock(&self.track).unsafe_setting.take()
+                        {
+                            if let Some(r) = lock(&self.track).recorder.as_mut() {
+                                r.event(
+                                    "error",
+                                    json!({"severity": "FATAL", "sqlstate": "08P01", "message": why}),
+                                );
+                            }
+                            broken = Some((why.clone(), why, "unsafe_setting"));
+                        }
+                    }
+                    Ok(None) => break,
                     Err(e) => {
                         let msg = "the server sent bytes the agent does not understand".into();
                         broken = Some((msg, e, "error"));
@@ -2146,7 +2246,12 @@ impl Session<'_> {
                 }
                 f.encode(out);
             }
-            b't' | b'd' | b'c' | b'A' | b'S' | b'K' => f.encode(out),
+            b'S' => match super::startup::unsafe_parameter_status(&f.body) {
+                // Not passed on: the session ends here.
+                Some(why) => t.unsafe_setting = Some(why),
+                None => f.encode(out),
+            },
+            b't' | b'd' | b'c' | b'A' | b'K' => f.encode(out),
             other => {
                 return Err(format!(
                     "protocol violation from the server: unexpected message {:?}",

@@ -26,7 +26,7 @@ mod soundness_tests;
 mod tests;
 
 // The API the PostgreSQL proxy (agent/src/protocol/postgres) calls.
-pub use analyze::{Analysis, StatementInfo};
+pub use analyze::{Analysis, StatementInfo, is_utf8_name, pinned_violation};
 pub use cache::{Analyzer, measure};
 pub use decide::{decide_message, most_restrictive};
 pub use session::SqlSession;
