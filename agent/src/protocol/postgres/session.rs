@@ -35,7 +35,9 @@ use crate::policy::spec::{ClientTls, UpstreamTls};
 use crate::policy::{
     self, Action, CompiledPolicy, Decision, Outcome, StatementFacts, Subject, Target,
 };
-use crate::protocol::sql::{Analysis, SqlSession, StatementInfo, decide_message, most_restrictive};
+use crate::protocol::sql::{
+    Analysis, Prepared, SqlSession, StatementInfo, decide_message, most_restrictive,
+};
 use crate::recording::Recorder;
 use crate::state::Shared;
 
@@ -984,12 +986,6 @@ struct Done {
     duration: Duration,
 }
 
-/// A named (or the unnamed) prepared statement of the extended protocol.
-struct Prepared {
-    text: Arc<str>,
-    analysis: Arc<Analysis>,
-}
-
 /// A portal: the statement it runs and its result formats.
 struct Portal {
     prepared: Option<Arc<Prepared>>,
@@ -1033,8 +1029,8 @@ enum Op {
 
 struct Track {
     ops: VecDeque<Op>,
+    /// The session's SQL state, prepared statements of both protocols included.
     sql: SqlSession,
-    prepared: HashMap<String, Arc<Prepared>>,
     portals: HashMap<String, Portal>,
     recorder: Option<Recorder>,
     statements: u64,
@@ -1056,14 +1052,7 @@ impl Track {
     /// Puts back what a prepared-statement name meant before a Parse the server
     /// did not carry out.
     fn restore(&mut self, name: String, before: Option<Arc<Prepared>>) {
-        match before {
-            Some(p) => {
-                self.prepared.insert(name, p);
-            }
-            None => {
-                self.prepared.remove(&name);
-            }
-        }
+        self.sql.restore(name, before);
     }
 }
 
@@ -1111,7 +1100,6 @@ async fn relay(
                     .unwrap_or(""),
                 sum.startup_search_path.as_deref(),
             ),
-            prepared: HashMap::new(),
             portals: HashMap::new(),
             recorder,
             statements: 0,
@@ -1138,6 +1126,10 @@ async fn relay(
 
 /// Rule id of statements refused while the audit log cannot take records.
 const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
+/// Rule id of an Execute of a portal the agent did not see bound.
+const UNKNOWN_PORTAL: &str = "unknown-portal";
+/// Rule id of a Parse beyond the prepared statements the agent follows.
+const PREPARED_LIMIT: &str = "prepared-statement-limit";
 /// Rule id of statements that change a setting the agent pins (how the server
 /// reads statement text): refused whatever the policy and its mode say.
 const PINNED_SETTING: &str = "pinned-setting";
@@ -1338,6 +1330,35 @@ impl Session<'_> {
             .collect()
     }
 
+    /// A statement refused by the agent itself (not by the policy): `rule` names
+    /// why, `why` is what the client is told.
+    fn refuse_as(
+        &self,
+        text: &str,
+        protocol: &'static str,
+        name: Option<&str>,
+        rule: &str,
+        why: String,
+    ) -> Arc<Stmt> {
+        let policy_hash: Arc<str> = Arc::from(self.ctx.shared.policy().hash.as_str());
+        Arc::new(Stmt {
+            text: Arc::from(text),
+            info: None,
+            facts: None,
+            parse_error: Some(why),
+            decision: Decision {
+                outcome: Outcome::Deny,
+                decided: policy::spec::Effect::Deny,
+                rule: rule.into(),
+                mode: policy::Mode::Enforce,
+                workloads: Vec::new(),
+            },
+            policy_hash,
+            protocol,
+            name: name.map(str::to_string),
+        })
+    }
+
     /// A refusal by a `kill` rule ends the session: the message the client will
     /// get is left in `t.kill` for the session loop. True when it is one.
     fn kill(&self, t: &mut Track, s: &Stmt) -> bool {
@@ -1379,7 +1400,7 @@ impl Session<'_> {
                 s.parse_error.as_deref().unwrap_or("parse error"),
                 self.ctx.target.name
             ),
-            (_, PINNED_SETTING) => format!(
+            (_, PINNED_SETTING | UNKNOWN_PORTAL | PREPARED_LIMIT) => format!(
                 "Portcullis: statement refused: {}",
                 s.parse_error
                     .as_deref()
@@ -1602,11 +1623,10 @@ impl Session<'_> {
                         None => Ok(None),
                     });
                 match step {
-                    Ok(Some(tag)) => {
-                        if tag == b'S'
-                            && let Some(why) = lock(&self.track).unsafe_setting.take()
-                        {
-                            if let Some(r) = lock(&self.track).recorder.as_mut() {
+                    Ok(Some(b'S')) => {
+                        let mut t = lock(&self.track);
+                        if let Some(why) = t.unsafe_setting.take() {
+                            if let Some(r) = t.recorder.as_mut() {
                                 r.event(
                                     "error",
                                     json!({"severity": "FATAL", "sqlstate": "08P01", "message": why}),
@@ -1615,6 +1635,7 @@ impl Session<'_> {
                             broken = Some((why.clone(), why, "unsafe_setting"));
                         }
                     }
+                    Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(e) => {
                         let msg = "the server sent bytes the agent does not understand".into();
@@ -1800,7 +1821,26 @@ impl Session<'_> {
             Front::Parse { name, query } => {
                 let analysis = self.ctx.shared.pg.analyzer.analyze(query);
                 let stmts = self.check_analysis(&mut t, query, &analysis, "parse", Some(name));
-                let refused = deciding_refusal(&stmts);
+                let mut refused = deciding_refusal(&stmts);
+                let mut before = None;
+                if refused.is_none() {
+                    let p = Arc::new(Prepared {
+                        text: Arc::from(query),
+                        analysis: analysis.clone(),
+                    });
+                    match t.sql.prepare(name, p) {
+                        Ok(b) => before = Some(b),
+                        Err(why) => {
+                            refused = Some(self.refuse_as(
+                                query,
+                                "parse",
+                                Some(name),
+                                PREPARED_LIMIT,
+                                why,
+                            ))
+                        }
+                    }
+                }
                 match refused {
                     Some(s) => {
                         t.denied += 1;
@@ -1817,17 +1857,10 @@ impl Session<'_> {
                         });
                     }
                     None => {
-                        let before = t.prepared.insert(
-                            name.to_string(),
-                            Arc::new(Prepared {
-                                text: Arc::from(query),
-                                analysis,
-                            }),
-                        );
                         f.encode(out);
                         t.ops.push_back(Op::Parse {
                             refused: None,
-                            restore: Some((name.to_string(), before)),
+                            restore: before.map(|b| (name.to_string(), b)),
                         });
                     }
                 }
@@ -1837,7 +1870,7 @@ impl Session<'_> {
                 statement,
                 result_formats,
             } => {
-                let prepared = t.prepared.get(statement).cloned();
+                let prepared = t.sql.prepared(statement).cloned();
                 t.portals.insert(
                     portal.to_string(),
                     Portal {
@@ -1900,12 +1933,26 @@ impl Session<'_> {
                         }
                     }
                     _ => {
-                        // A portal the agent did not see bound (or of a refused
-                        // statement): the server reports it does not exist.
-                        f.encode(out);
+                        // A portal the agent did not see bound to a statement it
+                        // knows (a cursor opened by SQL DECLARE is one): what it
+                        // would run is not known, so it is refused.
+                        let s = self.refuse_as(
+                            &format!("-- Execute of portal `{portal}`"),
+                            "extended",
+                            Some(portal),
+                            UNKNOWN_PORTAL,
+                            format!(
+                                "Execute of portal `{portal}`, which the agent did not see bound to a statement it decided"
+                            ),
+                        );
+                        t.statements += 1;
+                        t.denied += 1;
+                        self.record_request(&mut t, &s);
+                        self.audit(&s, "refused", None, None, None);
+                        codec::parse(out, DENIED_NAME, DENIED_SQL);
                         t.ops.push_back(Op::Execute {
                             run: None,
-                            refused: None,
+                            refused: Some(s),
                         });
                     }
                 }
@@ -1916,7 +1963,7 @@ impl Session<'_> {
             }
             Front::Close { kind, name } => {
                 if kind == b'S' {
-                    t.prepared.remove(name);
+                    t.sql.close(name);
                 } else {
                     t.portals.remove(name);
                 }

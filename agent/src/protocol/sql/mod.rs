@@ -29,4 +29,4 @@ mod tests;
 pub use analyze::{Analysis, StatementInfo, is_utf8_name, pinned_violation};
 pub use cache::{Analyzer, measure};
 pub use decide::{decide_message, most_restrictive};
-pub use session::SqlSession;
+pub use session::{Prepared, SqlSession};

@@ -1,14 +1,33 @@
-//! Per-session SQL state: SQL-level prepared statements and the search_path.
+//! Per-session SQL state: prepared statements and the search_path.
+//!
+//! Prepared statements have one namespace, as in the server: a name prepared
+//! by SQL `PREPARE` can be bound by the protocol's Bind, and one prepared by the
+//! protocol's Parse can be run by SQL `EXECUTE`; `DEALLOCATE`, `DISCARD ALL` and
+//! Close remove names from it whichever way they were prepared. What a
+//! prepared statement names is qualified when it runs, with the search_path in
+//! force then: the server re-analyses a prepared statement when the search_path
+//! changed since its last use.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::analyze::StatementInfo;
+use super::analyze::{Analysis, StatementInfo};
 use crate::policy::StatementFacts;
 use crate::policy::spec::StatementKind as K;
 
-/// At most this many SQL-level prepared statements are remembered per session;
-/// beyond it, a PREPARE is still decided but its EXECUTE is refused (unknown name).
+/// At most this many prepared statements are remembered per session; beyond it,
+/// a SQL PREPARE is still decided but its EXECUTE is refused (unknown name), and
+/// a protocol Parse is refused.
 pub const MAX_PREPARED: usize = 1024;
+
+/// A prepared statement, by SQL `PREPARE` or the protocol's Parse.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The statement's text (for SQL `PREPARE`: its fingerprint, literal-free).
+    pub text: Arc<str>,
+    /// Its analysis (one statement, or none for an empty text); unqualified.
+    pub analysis: Arc<Analysis>,
+}
 /// At most this many distinct schemas are tracked as possibly on the search_path;
 /// beyond it every statement naming an unqualified table is refused.
 pub const MAX_SCHEMAS: usize = 64;
@@ -26,9 +45,8 @@ pub struct SqlSession {
     /// `pg_catalog`, then `schemas`: what an unqualified name may resolve to.
     candidates: Vec<String>,
     overflow: bool,
-    /// SQL-level prepared statements: name → facts qualified when prepared
-    /// (PostgreSQL keeps the search_path of PREPARE with the statement).
-    prepared: HashMap<String, StatementFacts>,
+    /// Prepared statements of both protocols, by name.
+    prepared: HashMap<String, Arc<Prepared>>,
 }
 
 impl SqlSession {
@@ -146,7 +164,7 @@ impl SqlSession {
     /// Facts to decide for a statement in this session: `EXECUTE name` → the
     /// prepared statement's facts (an unknown name is an error, which the proxy
     /// turns into a deny); unqualified tables qualified by every schema the
-    /// search_path may name.
+    /// search_path may name now.
     pub fn facts_for(&self, s: &StatementInfo) -> Result<StatementFacts, String> {
         if let Some(name) = &s.execute {
             let Some(p) = self.prepared.get(name) else {
@@ -154,7 +172,20 @@ impl SqlSession {
                     "EXECUTE of `{name}`, which this session has not prepared (as far as the agent saw)"
                 ));
             };
-            let mut f = p.clone();
+            if let Some(e) = &p.analysis.error {
+                return Err(format!(
+                    "EXECUTE of `{name}`, whose statement the agent could not analyse ({e})"
+                ));
+            }
+            let mut f = match p.analysis.statements.as_slice() {
+                [] => StatementFacts::default(),
+                [one] => self.qualify(&one.facts)?,
+                _ => {
+                    return Err(format!(
+                        "EXECUTE of `{name}`, which holds several statements"
+                    ));
+                }
+            };
             // Kinds: execute, then what the prepared statement does.
             f.kinds.retain(|k| *k != K::Prepare);
             f.kinds.insert(0, K::Execute);
@@ -169,19 +200,58 @@ impl SqlSession {
         self.qualify(&s.facts)
     }
 
+    /// The prepared statement `name`, whichever way it was prepared.
+    pub fn prepared(&self, name: &str) -> Option<&Arc<Prepared>> {
+        self.prepared.get(name)
+    }
+
+    /// Remembers `p` under `name` (a protocol Parse, before the server
+    /// answers); returns what the name meant before, to put back with
+    /// [`restore`](Self::restore) if the server does not carry it out. `Err`
+    /// beyond [`MAX_PREPARED`] names.
+    pub fn prepare(
+        &mut self,
+        name: &str,
+        p: Arc<Prepared>,
+    ) -> Result<Option<Arc<Prepared>>, String> {
+        if self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(name) {
+            return Err(format!(
+                "the session has {MAX_PREPARED} prepared statements, the most the agent follows; close some first"
+            ));
+        }
+        Ok(self.prepared.insert(name.to_string(), p))
+    }
+
+    /// Puts back what `name` meant before a Parse the server did not carry out.
+    pub fn restore(&mut self, name: String, before: Option<Arc<Prepared>>) {
+        match before {
+            Some(p) => {
+                self.prepared.insert(name, p);
+            }
+            None => {
+                self.prepared.remove(&name);
+            }
+        }
+    }
+
+    /// A protocol Close of statement `name`.
+    pub fn close(&mut self, name: &str) {
+        self.prepared.remove(name);
+    }
+
     /// After the server completed the statement successfully.
     pub fn completed(&mut self, s: &StatementInfo) {
         if let Some((name, inner)) = &s.prepare
             && (self.prepared.len() < MAX_PREPARED || self.prepared.contains_key(name))
         {
-            match self.qualify(&inner.facts) {
-                Ok(f) => {
-                    self.prepared.insert(name.clone(), f);
-                }
-                Err(_) => {
-                    self.prepared.remove(name);
-                }
-            }
+            let p = Prepared {
+                text: Arc::from(inner.fingerprint.as_str()),
+                analysis: Arc::new(Analysis {
+                    statements: vec![Arc::new((**inner).clone())],
+                    error: None,
+                }),
+            };
+            self.prepared.insert(name.clone(), Arc::new(p));
         }
         match &s.deallocate {
             Some(Some(name)) => {
@@ -218,4 +288,86 @@ fn parse_path_list(p: &str) -> Vec<String> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+    use crate::protocol::sql::Analyzer;
+
+    fn info(sql: &str) -> Arc<StatementInfo> {
+        let a = Analyzer::new(0).analyze(sql);
+        assert!(a.error.is_none(), "{sql}: {:?}", a.error);
+        a.statements[0].clone()
+    }
+
+    fn parsed(sql: &str) -> Arc<Prepared> {
+        Arc::new(Prepared {
+            text: Arc::from(sql),
+            analysis: Analyzer::new(0).analyze(sql),
+        })
+    }
+
+    #[test]
+    fn protocol_and_sql_prepared_statements_share_one_namespace() {
+        let mut s = SqlSession::new("app", None);
+        // Parse "p" by the protocol, EXECUTE p by SQL: decided on what p does.
+        let before = s
+            .prepare("p", parsed("DELETE FROM orders WHERE id = $1"))
+            .expect("prepare");
+        assert!(before.is_none());
+        let f = s.facts_for(&info("EXECUTE p(1)")).expect("known");
+        assert_eq!(f.kinds, vec![K::Execute, K::Delete]);
+        assert!(f.tables_written.contains(&"public.orders".to_string()));
+        // SQL PREPARE q, then the protocol binds q: found, with its statement.
+        s.completed(&info("PREPARE q AS SELECT * FROM accounts"));
+        let q = s
+            .prepared("q")
+            .expect("SQL-prepared name is visible to Bind");
+        assert_eq!(q.analysis.statements[0].facts.kinds, vec![K::Select]);
+        // DEALLOCATE removes a protocol-prepared name; Close an SQL-prepared one.
+        s.completed(&info("DEALLOCATE p"));
+        assert!(s.facts_for(&info("EXECUTE p")).is_err());
+        s.close("q");
+        assert!(s.prepared("q").is_none());
+        // DEALLOCATE ALL and DISCARD ALL clear both kinds.
+        s.prepare("x", parsed("SELECT 1")).expect("prepare");
+        s.completed(&info("PREPARE y AS SELECT 2"));
+        s.completed(&info("DEALLOCATE ALL"));
+        assert!(s.prepared_names().is_empty());
+        s.prepare("x", parsed("SELECT 1")).expect("prepare");
+        s.completed(&info("DISCARD ALL"));
+        assert!(s.prepared_names().is_empty());
+        // A Parse the server did not carry out is undone.
+        let before = s.prepare("z", parsed("SELECT 3")).expect("prepare");
+        s.restore("z".into(), before);
+        assert!(s.prepared("z").is_none());
+    }
+
+    #[test]
+    fn a_prepared_statement_is_qualified_with_the_search_path_at_execute() {
+        let mut s = SqlSession::new("app", None);
+        s.prepare("p", parsed("SELECT * FROM secrets"))
+            .expect("prepare");
+        let f = s.facts_for(&info("EXECUTE p")).expect("known");
+        assert!(!f.tables_read.contains(&"private.secrets".to_string()));
+        s.completed(&info("SET search_path TO private"));
+        let f = s.facts_for(&info("EXECUTE p")).expect("known");
+        assert!(
+            f.tables_read.contains(&"private.secrets".to_string()),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn prepared_statements_are_bounded() {
+        let mut s = SqlSession::new("app", None);
+        for i in 0..MAX_PREPARED {
+            s.prepare(&format!("s{i}"), parsed("SELECT 1"))
+                .expect("prepare");
+        }
+        assert!(s.prepare("one-more", parsed("SELECT 1")).is_err());
+        // Replacing a known name (the unnamed statement, say) is fine.
+        assert!(s.prepare("s0", parsed("SELECT 2")).is_ok());
+    }
 }

@@ -323,11 +323,12 @@ fn session_qualifies_and_resolves_prepared() {
     let f = sess.facts_for(&info("EXECUTE q")).unwrap();
     assert_eq!(f.kinds, vec![K::Execute, K::Delete]);
     assert!(f.tables_written.contains(&"public.accounts".to_string()));
-    // A later search_path change does not change what was prepared...
+    // The server re-analyses a prepared statement under the search_path in
+    // force when it runs: EXECUTE is qualified with it...
     sess.completed(&info("SET search_path TO private"));
     let f = sess.facts_for(&info("EXECUTE q")).unwrap();
-    assert!(!f.tables_written.contains(&"private.accounts".to_string()));
-    // ...but unqualified names now may be private ones (every path ever set counts).
+    assert!(f.tables_written.contains(&"private.accounts".to_string()));
+    // ...and so are plain statements (every path ever set counts).
     let f = sess.facts_for(&sel).unwrap();
     assert!(f.tables_read.contains(&"private.accounts".to_string()));
     assert!(f.tables_read.contains(&"public.accounts".to_string()));
