@@ -1,0 +1,349 @@
+//! Privileged end-to-end tests of ways around the PostgreSQL statement analysis,
+//! each through the real agent to a real server: the statement the agent
+//! decided must be the statement the server runs, and where the agent cannot be
+//! sure it refuses.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use portcullis_tests::pg::{self, CmdOut, PgOpts, PgServer};
+use portcullis_tests::{Agent, AgentOpts, TempDir, TestCgroup, ci, privileged};
+use serde_json::{Value, json};
+
+/// Workload `clients` may do anything on `app-db` but delete, touch schema
+/// `private`, or change role.
+const RULES: &str = "
+  - id: no-delete
+    workloads: [clients]
+    targets: [app-db]
+    effect: deny
+    when: { sql: { statements: [delete] } }
+  - id: no-private
+    workloads: [clients]
+    targets: [app-db]
+    effect: deny
+    when: { sql: { tables: [\"private.*\"] } }
+  - id: no-role-change
+    workloads: [clients]
+    targets: [app-db]
+    effect: deny
+    when: { sql: { statements: [set_role] } }
+";
+
+struct World {
+    agent: Agent,
+    pg: PgServer,
+    unit: PathBuf,
+    _creds: TempDir,
+    _cg: TestCgroup,
+}
+
+fn world(test: &str) -> Option<World> {
+    if !privileged(test) {
+        return None;
+    }
+    if let Some(why) = pg::missing() {
+        if ci() {
+            panic!("{test}: cannot run under CI=true: {why}");
+        }
+        eprintln!("SKIP {test}: {why}");
+        return None;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("pgclients");
+    let pg = PgServer::start(PgOpts::default());
+    let creds = TempDir::new("portcullis-test-creds");
+    let cred = creds.0.join("app-db.yaml");
+    std::fs::write(
+        &cred,
+        format!("user: app\npassword: \"{}\"\n", pg::password("app")),
+    )
+    .expect("write credential");
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod credential");
+    let policy = format!(
+        "apiVersion: portcullis.dev/v1\nmode: enforce\nworkloads:\n  - name: clients\n    match: {{ unit: \"pgclients.service\" }}\ntargets:\n  - name: app-db\n    addresses: [\"127.0.0.1\"]\n    ports: [{}]\n    protocol: postgres\n    credentials: app-db\nrules:\n  - id: clients-connect\n    workloads: [clients]\n    targets: [app-db]\n    effect: allow\n{RULES}",
+        pg.port
+    );
+    let agent = Agent::start(
+        &cg.slice,
+        &policy,
+        AgentOpts {
+            extra_config: format!("credentials_dir: {}\n", creds.0.display()),
+            ..AgentOpts::default()
+        },
+    );
+    pg.superuser_sql(
+        "CREATE SCHEMA private AUTHORIZATION app;
+         CREATE TABLE private.secrets (id int, v text);
+         INSERT INTO private.secrets VALUES (1, 'top');
+         GRANT ALL ON ALL TABLES IN SCHEMA private TO app;",
+    );
+    Some(World {
+        agent,
+        pg,
+        unit,
+        _creds: creds,
+        _cg: cg,
+    })
+}
+
+/// tokio-postgres (pc-pgclient) in the cgroup running `steps` on one
+/// connection; the result of each step.
+fn steps(w: &World, steps: Vec<Value>) -> Vec<Value> {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pc-pgclient"));
+    let r =
+        w.pg.tokio_client(&w.unit, &bin, "app", &Value::Array(steps));
+    r["steps"].as_array().cloned().unwrap_or_default()
+}
+
+/// Each a simple query whose success or error is reported.
+fn tries(w: &World, sqls: &[&str]) -> Vec<Value> {
+    steps(w, sqls.iter().map(|s| json!({ "try": s })).collect())
+}
+
+fn refused_by(res: &Value, needle: &str) -> bool {
+    res["ok"] == false
+        && res["sqlstate"] == "42501"
+        && res["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Portcullis") && e.contains(needle))
+}
+
+/// psql in the cgroup with extra environment.
+fn psql(w: &World, env: &[(&str, &str)], sql: &str) -> CmdOut {
+    let mut cmd: Command = w.pg.psql_command(&w.unit, "app", &["-A", "-t", "-c", sql]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run psql");
+    CmdOut {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn order_exists(w: &World, id: u32) -> bool {
+    w.pg.superuser_sql(&format!(
+        "SELECT count(*) FROM public.orders WHERE id = {id}"
+    )) == "1"
+}
+
+/// The statement that splits differently with standard_conforming_strings off:
+/// a SELECT of two strings to the agent, a SELECT and a DELETE to such a server.
+const SPLIT: &str = "SELECT 'a\\' , ' ; DELETE FROM orders WHERE id = 3; -- '";
+
+#[test]
+fn explain_analyze_by_literal_does_not_reuse_a_cached_analysis() {
+    let Some(w) = world("explain_analyze_by_literal_does_not_reuse_a_cached_analysis") else {
+        return;
+    };
+    let r = tries(
+        &w,
+        &[
+            "EXPLAIN (ANALYZE 0) DELETE FROM orders WHERE id = 2",
+            "EXPLAIN (ANALYZE 1) DELETE FROM orders WHERE id = 2",
+        ],
+    );
+    assert_eq!(r[0]["ok"], true, "plain EXPLAIN runs nothing: {r:?}");
+    assert!(
+        refused_by(&r[1], "no-delete"),
+        "EXPLAIN ANALYZE DELETE: {r:?}"
+    );
+    assert!(
+        order_exists(&w, 2),
+        "the DELETE ran under EXPLAIN (ANALYZE 1)"
+    );
+}
+
+#[test]
+fn lexing_settings_cannot_be_changed_by_statements() {
+    let Some(w) = world("lexing_settings_cannot_be_changed_by_statements") else {
+        return;
+    };
+    let mut all: Vec<Value> = [
+        "SET standard_conforming_strings = off",
+        SPLIT,
+        "BEGIN",
+        "SET LOCAL standard_conforming_strings TO 'off'",
+        "ROLLBACK",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'GBK'",
+        "SELECT set_config('client_encoding', 'BIG5', false)",
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+        "SET backslash_quote = on",
+        "SET client_encoding = 'UTF8'",
+    ]
+    .iter()
+    .map(|s| json!({ "try": s }))
+    .collect();
+    all.push(json!({"query": "SHOW standard_conforming_strings"}));
+    all.push(json!({"query": "SHOW client_encoding"}));
+    let r = steps(&w, all);
+    for (i, name) in [
+        (0, "standard_conforming_strings"),
+        (3, "standard_conforming_strings"),
+        (5, "client_encoding"),
+        (6, "client_encoding"),
+        (7, "client_encoding"),
+        (8, "pg_settings"),
+        (9, "backslash_quote"),
+    ] {
+        assert!(refused_by(&r[i], name), "step {i} ({name}): {:?}", r[i]);
+    }
+    assert_eq!(r[1]["ok"], true, "the split text is one SELECT: {:?}", r[1]);
+    assert_eq!(r[10]["ok"], true, "setting UTF8 is allowed: {:?}", r[10]);
+    assert_eq!(r[11]["rows"], json!([["on"]]), "{:?}", r[11]);
+    assert_eq!(r[12]["rows"], json!([["UTF8"]]), "{:?}", r[12]);
+    assert!(order_exists(&w, 3), "the DELETE hidden in a string ran");
+}
+
+#[test]
+fn lexing_settings_cannot_be_changed_at_startup_and_role_defaults_lose() {
+    let Some(w) = world("lexing_settings_cannot_be_changed_at_startup_and_role_defaults_lose")
+    else {
+        return;
+    };
+    // In the startup packet: refused before any login upstream.
+    for (env, name) in [
+        (
+            vec![("PGOPTIONS", "-c standard_conforming_strings=off")],
+            "standard_conforming_strings",
+        ),
+        (
+            vec![("PGOPTIONS", "--standard-conforming-strings=off")],
+            "standard_conforming_strings",
+        ),
+        (
+            vec![("PGOPTIONS", "-c backslash_quote=on")],
+            "backslash_quote",
+        ),
+        (vec![("PGCLIENTENCODING", "SJIS")], "client_encoding"),
+        (vec![("PGOPTIONS", "-c role=postgres")], "role"),
+        (
+            vec![("PGOPTIONS", "-c session_authorization=postgres")],
+            "session_authorization",
+        ),
+        (vec![("PGOPTIONS", "-B 100")], "-B"),
+    ] {
+        let out = psql(&w, &env, SPLIT);
+        assert!(
+            !out.ok() && out.stderr.contains("Portcullis") && out.stderr.contains(name),
+            "{env:?}: psql should be refused naming {name}:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    assert!(order_exists(&w, 3), "the DELETE hidden in a string ran");
+    // Role and database defaults take effect at the next login; the agent's
+    // startup values win over them.
+    w.pg.superuser_sql(
+        "ALTER ROLE app SET standard_conforming_strings = off;
+         ALTER DATABASE app SET client_encoding = 'SJIS';",
+    );
+    let out = psql(&w, &[], SPLIT);
+    out.assert_ok("the split text under role defaults");
+    assert!(order_exists(&w, 3), "the DELETE hidden in a string ran");
+    let out = psql(&w, &[], "SHOW standard_conforming_strings");
+    assert_eq!(out.stdout.trim(), "on", "{}", out.stderr);
+    // A safe client_encoding (psql under the C locale asks for SQL_ASCII) is served as UTF8.
+    let out = psql(
+        &w,
+        &[("PGCLIENTENCODING", "SQL_ASCII")],
+        "SHOW client_encoding",
+    );
+    assert_eq!(out.stdout.trim(), "UTF8", "{}", out.stderr);
+    let out = psql(&w, &[("PGCLIENTENCODING", "utf-8")], "SHOW client_encoding");
+    assert_eq!(out.stdout.trim(), "UTF8", "{}", out.stderr);
+}
+
+#[test]
+fn a_server_reporting_an_unsafe_setting_ends_the_session() {
+    let Some(w) = world("a_server_reporting_an_unsafe_setting_ends_the_session") else {
+        return;
+    };
+    // A function changes the setting where the agent cannot see it.
+    w.pg.superuser_sql(
+        "CREATE FUNCTION public.flip() RETURNS text LANGUAGE sql
+             AS $$ SELECT set_config('standard_conforming_strings', 'off', false) $$;
+         GRANT EXECUTE ON FUNCTION public.flip() TO app;",
+    );
+    let r = tries(&w, &["SELECT public.flip()", SPLIT]);
+    let msg = r[0]["error"].as_str().unwrap_or("");
+    assert!(
+        r[0]["ok"] == false
+            && msg.contains("Portcullis")
+            && msg.contains("standard_conforming_strings=off"),
+        "the session should end naming the setting: {r:?}"
+    );
+    assert!(
+        r.len() < 2 || r[1]["ok"] == false,
+        "nothing runs after it: {r:?}"
+    );
+    assert!(order_exists(&w, 3), "the DELETE hidden in a string ran");
+    let conns = w.agent.connections(1);
+    assert!(
+        conns.iter().any(|c| c["end"] == "unsafe_setting"
+            && c["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("standard_conforming_strings"))),
+        "no connection record ending with unsafe_setting: {conns:#?}"
+    );
+}
+
+#[test]
+fn the_search_path_is_learned_from_the_server() {
+    let Some(w) = world("the_search_path_is_learned_from_the_server") else {
+        return;
+    };
+    // A role default the client never mentions: `secrets` is private.secrets.
+    w.pg.superuser_sql("ALTER ROLE app SET search_path = private, public;");
+    let r = tries(
+        &w,
+        &[
+            "SELECT * FROM secrets",
+            "SELECT count(*) FROM public.accounts",
+        ],
+    );
+    assert!(refused_by(&r[0], "no-private"), "{r:?}");
+    assert_eq!(r[1]["ok"], true, "{r:?}");
+    // set_config of search_path is followed like SET.
+    w.pg.superuser_sql("ALTER ROLE app RESET search_path;");
+    let r = tries(
+        &w,
+        &[
+            "SELECT count(*) FROM secrets",
+            "SELECT set_config('search_path', 'private', false)",
+            "SELECT * FROM secrets",
+        ],
+    );
+    assert_eq!(
+        r[0]["ok"], false,
+        "no secrets table on the default path: {r:?}"
+    );
+    assert_eq!(r[1]["ok"], true, "{r:?}");
+    assert!(refused_by(&r[2], "no-private"), "{r:?}");
+}
+
+#[test]
+fn role_changes_are_set_role_in_every_spelling() {
+    let Some(w) = world("role_changes_are_set_role_in_every_spelling") else {
+        return;
+    };
+    let spellings = [
+        "SET ROLE app",
+        "SET role = app",
+        "SET role TO app",
+        "SET SESSION AUTHORIZATION app",
+        "SET session_authorization = app",
+        "RESET ROLE",
+        "RESET SESSION AUTHORIZATION",
+        "SELECT set_config('role', 'app', false)",
+    ];
+    let r = tries(&w, &spellings);
+    for (i, s) in spellings.iter().enumerate() {
+        assert!(refused_by(&r[i], "no-role-change"), "{s}: {:?}", r[i]);
+    }
+}
