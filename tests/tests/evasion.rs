@@ -347,3 +347,151 @@ fn role_changes_are_set_role_in_every_spelling() {
         assert!(refused_by(&r[i], "no-role-change"), "{s}: {:?}", r[i]);
     }
 }
+
+/// psycopg's libpq binding, driving the protocol directly: steps
+/// `["parse", name, sql]` (Parse), `["bind", name]` (Bind + Execute of the
+/// prepared statement), `["query", sql]` (simple query).
+const LIBPQ_STEPS: &str = r#"
+import json, sys
+import psycopg
+from psycopg import pq
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+pg = conn.pgconn
+out = []
+for step in json.loads(sys.argv[2]):
+    if step[0] == "parse":
+        r = pg.prepare(step[1].encode(), step[2].encode())
+    elif step[0] == "bind":
+        r = pg.exec_prepared(step[1].encode(), [])
+    else:
+        r = pg.exec_(step[1].encode())
+    ok = r.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+    state = r.error_field(pq.DiagnosticField.SQLSTATE) or b""
+    out.append({"ok": ok, "sqlstate": state.decode(), "error": r.error_message.decode("utf-8", "replace"), "rows": r.ntuples})
+print(json.dumps(out))
+"#;
+
+/// A client speaking the protocol by hand: logs in (the agent holds the
+/// credentials), runs each simple query of argv[2] (JSON), then sends a bare
+/// Execute of portal argv[3] and Sync; prints what came back.
+const RAW_EXECUTE: &str = r#"
+import json, socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def send(t, body):
+    s.sendall(t + struct.pack("!I", len(body) + 4) + body)
+def exact(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise SystemExit("closed")
+        b += c
+    return b
+def until_ready():
+    msgs = []
+    while True:
+        t = exact(1)
+        n = struct.unpack("!I", exact(4))[0]
+        body = exact(n - 4)
+        if t == b"E":
+            f = dict((x[:1].decode(), x[1:].decode("utf-8", "replace")) for x in body.split(b"\0") if x)
+            msgs.append({"error": f.get("M"), "sqlstate": f.get("C")})
+        elif t == b"D":
+            msgs.append({"row": True})
+        if t == b"Z":
+            return msgs
+p = b"user\0app\0database\0app\0\0"
+s.sendall(struct.pack("!II", len(p) + 8, 196608) + p)
+until_ready()
+for q in json.loads(sys.argv[2]):
+    send(b"Q", q.encode() + b"\0")
+    until_ready()
+send(b"E", sys.argv[3].encode() + b"\0" + struct.pack("!I", 0))
+send(b"S", b"")
+print(json.dumps(until_ready()))
+"#;
+
+fn python(w: &World, args: &[&str]) -> Value {
+    let py = pg::venv_python();
+    assert!(
+        py.exists(),
+        "the psycopg venv {} is missing: run `cargo xtask setup`",
+        py.display()
+    );
+    let mut all = vec![py.to_str().expect("utf-8 path"), "-c"];
+    all.extend_from_slice(args);
+    let out = portcullis_tests::in_cgroup(&w.unit, &all)
+        .env("PGPASSWORD", pg::password("app"))
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "python printed no JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn prepared_statements_share_one_namespace_and_follow_the_search_path() {
+    let Some(w) = world("prepared_statements_share_one_namespace_and_follow_the_search_path")
+    else {
+        return;
+    };
+    // `secrets` is public.secrets on the default path, private.secrets after SET.
+    w.pg.superuser_sql(
+        "CREATE TABLE public.secrets (id int, v text);
+         GRANT ALL ON public.secrets TO app;",
+    );
+    let steps = json!([
+        // Parse by the protocol, EXECUTE by SQL.
+        ["parse", "cnt", "SELECT count(*) FROM public.accounts"],
+        ["query", "EXECUTE cnt"],
+        ["parse", "look", "SELECT * FROM secrets"],
+        // SQL PREPARE, Bind/Execute by the protocol.
+        ["query", "PREPARE peek AS SELECT * FROM secrets"],
+        ["bind", "peek"],
+        ["query", "SET search_path TO private, public"],
+        // Both now read private.secrets in the server.
+        ["query", "EXECUTE look"],
+        ["bind", "peek"],
+        ["bind", "look"],
+        // Gone whichever way it was prepared.
+        ["query", "DEALLOCATE cnt"],
+        ["bind", "cnt"],
+    ]);
+    let conn = w.pg.conninfo("app");
+    let r = python(&w, &[LIBPQ_STEPS, &conn, &steps.to_string()]);
+    let ok = |i: usize| r[i]["ok"] == true;
+    assert!(ok(0) && ok(1), "EXECUTE of a protocol-prepared name runs: {r}");
+    assert_eq!(r[1]["rows"], 1, "{r}");
+    assert!(ok(2) && ok(3) && ok(4) && ok(5), "{r}");
+    for i in [6, 7, 8] {
+        assert!(refused_by(&r[i], "no-private"), "step {i}: {r}");
+    }
+    assert!(ok(9), "{r}");
+    assert_eq!(r[10]["ok"], false, "{r}");
+}
+
+#[test]
+fn an_execute_of_a_portal_the_agent_did_not_see_bound_is_refused() {
+    let Some(w) = world("an_execute_of_a_portal_the_agent_did_not_see_bound_is_refused") else {
+        return;
+    };
+    let port = w.pg.port.to_string();
+    let queries = json!(["BEGIN", "DECLARE c CURSOR FOR SELECT * FROM public.accounts"]);
+    let r = python(&w, &[RAW_EXECUTE, &port, &queries.to_string(), "c"]);
+    let msgs = r.as_array().cloned().unwrap_or_default();
+    assert!(
+        !msgs.iter().any(|m| m["row"] == true),
+        "the cursor's rows came back: {r}"
+    );
+    assert!(
+        msgs.iter().any(|m| m["sqlstate"] == "42501"
+            && m["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Portcullis") && e.contains("portal `c`"))),
+        "no refusal naming the portal: {r}"
+    );
+}
