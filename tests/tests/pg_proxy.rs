@@ -188,6 +188,17 @@ fn record_for<'a>(recs: &'a [Value], text: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no statement record for {text:?} in {recs:#?}"))
 }
 
+/// The `statement_outcome` record that completes the `statement` record `rec`
+/// (same session, same statement number).
+fn outcome_of(w: &World, rec: &Value) -> Value {
+    events(w, "statement_outcome")
+        .into_iter()
+        .find(|o| {
+            o["session_id"] == rec["session_id"] && o["statement_seq"] == rec["statement_seq"]
+        })
+        .unwrap_or_else(|| panic!("no statement_outcome record for {rec:#}"))
+}
+
 #[test]
 fn statements_are_decided_audited_and_refusals_keep_the_session_and_its_transaction() {
     let Some(w) = world(
@@ -247,8 +258,12 @@ SELECT 'end' AS e;
     let sel = record_for(&recs, "SELECT count(*) AS n FROM accounts;");
     assert_eq!(sel["decision"], "allow", "{sel:#}");
     assert_eq!(sel["rule"], CONNECT_RULE, "{sel:#}");
-    assert_eq!(sel["outcome"], "ok", "{sel:#}");
-    assert_eq!(sel["rows"], 1, "{sel:#}");
+    // Written when decided; the outcome follows in its own record.
+    assert_eq!(sel["outcome"], "forwarded", "{sel:#}");
+    let sel_out = outcome_of(&w, sel);
+    assert_eq!(sel_out["outcome"], "ok", "{sel_out:#}");
+    assert_eq!(sel_out["rows"], 1, "{sel_out:#}");
+    assert_eq!(sel_out["kinds"], json!(["select"]), "{sel_out:#}");
     assert_eq!(sel["kinds"], json!(["select"]), "{sel:#}");
     assert!(
         sel["tables_read"]
@@ -263,13 +278,16 @@ SELECT 'end' AS e;
         sel["policy_hash"].as_str().is_some_and(|h| h.len() == 64),
         "{sel:#}"
     );
-    assert!(sel["duration_us"].is_u64(), "{sel:#}");
+    assert!(sel_out["duration_us"].is_u64(), "{sel_out:#}");
     let del = record_for(&recs, "DELETE FROM orders;");
     assert_eq!(del["decision"], "deny", "{del:#}");
     assert_eq!(del["rule"], "no-where-less", "{del:#}");
     assert_eq!(del["outcome"], "refused", "{del:#}");
     assert_eq!(del["where_less"], true, "{del:#}");
-    let upd = record_for(&recs, "UPDATE accounts SET balance = balance WHERE id = 1;");
+    let upd = outcome_of(
+        &w,
+        record_for(&recs, "UPDATE accounts SET balance = balance WHERE id = 1;"),
+    );
     assert_eq!(
         (upd["outcome"].as_str(), upd["rows"].as_u64()),
         (Some("ok"), Some(1)),
@@ -824,7 +842,8 @@ fn monitor_mode_lets_refusable_statements_through_and_records_them() {
     let del = record_for(&recs, "DELETE FROM orders");
     assert_eq!(del["decision"], "would_deny", "{del:#}");
     assert_eq!(del["rule"], "no-where-less", "{del:#}");
-    assert_eq!(del["outcome"], "ok", "{del:#}");
+    assert_eq!(del["outcome"], "forwarded", "{del:#}");
+    assert_eq!(outcome_of(&w, del)["outcome"], "ok", "{del:#}");
 }
 
 #[test]

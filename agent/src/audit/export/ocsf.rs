@@ -171,7 +171,7 @@ pub fn map(record: &Value) -> Value {
     let mut out = Map::new();
 
     let (class, (activity_id, activity_name)) = match event {
-        "statement" => (DATASTORE, activity_for_statement(rec)),
+        "statement" | "statement_outcome" => (DATASTORE, activity_for_statement(rec)),
         "connection_start" => (NETWORK, (1, "Open")),
         "connection" => (
             NETWORK,

@@ -946,6 +946,9 @@ struct Stmt {
     policy_hash: Arc<str>,
     protocol: &'static str,
     name: Option<String>,
+    /// Number of the statement in its session: links its `statement` record
+    /// (written when it is decided) to its `statement_outcome` record.
+    seq: u64,
 }
 
 impl Stmt {
@@ -1059,6 +1062,8 @@ impl Track {
 struct Session<'a> {
     ctx: &'a Ctx,
     track: Mutex<Track>,
+    /// The last statement number handed out (see `Stmt::seq`).
+    seq: std::sync::atomic::AtomicU64,
     /// The fields every statement record of the session shares, built once.
     record_base: Map<String, Value>,
 }
@@ -1090,6 +1095,7 @@ async fn relay(
     );
     let sess = Session {
         ctx: &*ctx,
+        seq: Default::default(),
         record_base,
         track: Mutex::new(Track {
             ops: VecDeque::new(),
@@ -1111,8 +1117,10 @@ async fn relay(
         }),
     };
     let (res, up, down, end) = sess.pump(client, upstream).await;
-    // Statements completed in the last exchange still get their records.
+    // Statements completed in the last exchange still get their records, and
+    // those forwarded but never completed say so.
     sess.drain_done();
+    sess.incomplete(end);
     let t = sess.track.into_inner().unwrap_or_else(|p| p.into_inner());
     sum.statements = t.statements;
     sum.denied = t.denied;
@@ -1283,6 +1291,7 @@ impl Session<'_> {
                 policy_hash,
                 protocol,
                 name,
+                seq: self.next_seq(),
             })];
         };
         let md = decide_message(
@@ -1325,6 +1334,7 @@ impl Session<'_> {
                     policy_hash: policy_hash.clone(),
                     protocol,
                     name: name.clone(),
+                    seq: self.next_seq(),
                 })
             })
             .collect()
@@ -1356,6 +1366,7 @@ impl Session<'_> {
             policy_hash,
             protocol,
             name: name.map(str::to_string),
+            seq: self.next_seq(),
         })
     }
 
@@ -1419,7 +1430,15 @@ impl Session<'_> {
         }
     }
 
-    /// One audit record per statement.
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    /// The `statement` record, written when the statement is decided: with
+    /// outcome `forwarded` for a statement sent to the server (its
+    /// `statement_outcome` record follows when the response ends), else the
+    /// final outcome (`refused`, `not_executed`). False when the record could
+    /// not be queued.
     fn audit(
         &self,
         s: &Stmt,
@@ -1427,8 +1446,9 @@ impl Session<'_> {
         rows: Option<u64>,
         duration: Option<Duration>,
         err: Option<&codec::Notice>,
-    ) {
+    ) -> bool {
         let mut m = self.record_base.clone();
+        m.insert("statement_seq".into(), s.seq.into());
         let fingerprint_only =
             self.ctx.target.statement_text == policy::spec::StatementText::Fingerprint;
         let fp = s.info.as_ref().map(|i| i.fingerprint.clone());
@@ -1475,6 +1495,107 @@ impl Session<'_> {
         }
         if let Err(e) = self.ctx.shared.audit.record("statement", Value::Object(m)) {
             tracing::error!(error = %e, session = %self.ctx.session_id, "statement audit record lost");
+            return false;
+        }
+        true
+    }
+
+    /// Decision records of statements about to be forwarded; false when one
+    /// could not be written (the statements are then refused: no access
+    /// without evidence).
+    fn audit_forwarded(&self, stmts: &[Arc<Stmt>]) -> bool {
+        stmts
+            .iter()
+            .all(|s| self.audit(s, "forwarded", None, None, None))
+    }
+
+    /// The `statement_outcome` record of a forwarded statement: how its
+    /// response ended (`ok`, `error`, `not_executed`, `incomplete`).
+    fn audit_outcome(
+        &self,
+        s: &Stmt,
+        outcome: &str,
+        rows: Option<u64>,
+        duration: Option<Duration>,
+        err: Option<&codec::Notice>,
+    ) {
+        let mut m = Map::new();
+        for k in [
+            "session_id",
+            "target",
+            "protocol",
+            "attribution",
+            "workloads",
+        ] {
+            if let Some(v) = self.record_base.get(k) {
+                m.insert(k.into(), v.clone());
+            }
+        }
+        m.insert("statement_seq".into(), s.seq.into());
+        if let Some(f) = &s.facts {
+            m.insert("kinds".into(), json!(f.kinds));
+        }
+        m.insert("decision".into(), s.decision.label().into());
+        m.insert("rule".into(), s.decision.rule.clone().into());
+        m.insert("outcome".into(), outcome.into());
+        if let Some(r) = rows {
+            m.insert("rows".into(), r.into());
+        }
+        if let Some(d) = duration {
+            m.insert("duration_us".into(), (d.as_micros() as u64).into());
+        }
+        if let Some(e) = err {
+            if !e.sqlstate.is_empty() {
+                m.insert("sqlstate".into(), e.sqlstate.clone().into());
+            }
+            m.insert("error".into(), e.message.clone().into());
+        }
+        if let Err(e) = self
+            .ctx
+            .shared
+            .audit
+            .record("statement_outcome", Value::Object(m))
+        {
+            tracing::error!(error = %e, session = %self.ctx.session_id, "statement outcome record lost");
+        }
+    }
+
+    /// At the end of the session: an `incomplete` outcome for every statement
+    /// forwarded whose response never ended (the client or the server went away).
+    fn incomplete(&self, end: &str) {
+        let mut t = lock(&self.track);
+        let ops = std::mem::take(&mut t.ops);
+        drop(t);
+        let why = codec::Notice {
+            severity: "FATAL".into(),
+            sqlstate: String::new(),
+            message: format!("the session ended ({end}) before the statement's response did"),
+        };
+        for op in ops {
+            let pending: Vec<(Arc<Stmt>, Option<u64>)> = match op {
+                Op::Simple {
+                    stmts,
+                    next,
+                    cur,
+                    refused: None,
+                    ..
+                } => {
+                    let mut v: Vec<(Arc<Stmt>, Option<u64>)> = Vec::new();
+                    if let Some(run) = cur {
+                        v.push((run.stmt.clone(), Some(run.rows)));
+                    }
+                    let start = next + usize::from(!v.is_empty());
+                    v.extend(stmts.iter().skip(start).map(|s| (s.clone(), None)));
+                    v
+                }
+                Op::Execute { run: Some(run), .. } | Op::Function { run: Some(run), .. } => {
+                    vec![(run.stmt.clone(), Some(run.rows))]
+                }
+                _ => Vec::new(),
+            };
+            for (s, rows) in pending {
+                self.audit_outcome(&s, "incomplete", rows, None, Some(&why));
+            }
         }
     }
 
@@ -1548,7 +1669,7 @@ impl Session<'_> {
                 }
             }
             let outcome = if d.err.is_some() { "error" } else { "ok" };
-            self.audit(
+            self.audit_outcome(
                 &d.run.stmt,
                 outcome,
                 d.rows,
@@ -1778,7 +1899,16 @@ impl Session<'_> {
         match msg {
             Front::Query(text) => {
                 let stmts = self.check(&mut t, text, "simple", None);
-                let refused = deciding_refusal(&stmts);
+                let mut refused = deciding_refusal(&stmts);
+                if refused.is_none() && !self.audit_forwarded(&stmts) {
+                    refused = Some(self.refuse_as(
+                        text,
+                        "simple",
+                        None,
+                        AUDIT_UNAVAILABLE,
+                        "the audit log did not take the statement's record".into(),
+                    ));
+                }
                 t.statements += stmts.len() as u64;
                 for s in &stmts {
                     self.record_request(&mut t, s);
@@ -1899,7 +2029,7 @@ impl Session<'_> {
                             Some(&name),
                         );
                         t.statements += 1;
-                        let refused = deciding_refusal(&stmts);
+                        let mut refused = deciding_refusal(&stmts);
                         let Some(first) = stmts.first().cloned() else {
                             // An empty statement: the server answers EmptyQueryResponse.
                             f.encode(out);
@@ -1910,6 +2040,16 @@ impl Session<'_> {
                             return Ok(true);
                         };
                         self.record_request(&mut t, &first);
+                        if refused.is_none() && !self.audit_forwarded(std::slice::from_ref(&first))
+                        {
+                            refused = Some(self.refuse_as(
+                                &prep.text,
+                                "extended",
+                                Some(&name),
+                                AUDIT_UNAVAILABLE,
+                                "the audit log did not take the statement's record".into(),
+                            ));
+                        }
                         match refused {
                             Some(s) => {
                                 t.denied += 1;
@@ -1997,6 +2137,7 @@ impl Session<'_> {
                     policy_hash,
                     protocol: "function_call",
                     name: None,
+                    seq: self.next_seq(),
                 });
                 t.statements += 1;
                 self.record_request(&mut t, &s);
@@ -2013,6 +2154,7 @@ impl Session<'_> {
                         failed: false,
                     });
                 } else {
+                    self.audit(&s, "forwarded", None, None, None);
                     f.encode(out);
                     t.ops.push_back(Op::Function {
                         run: Some(Running::new(s, vec![1])),
@@ -2179,7 +2321,7 @@ impl Session<'_> {
                             self.complete(t, run, None, None, Some(&n));
                         }
                         for s in rest {
-                            self.audit(&s, "not_executed", None, None, None);
+                            self.audit_outcome(&s, "not_executed", None, None, None);
                         }
                     }
                     Some(Op::Function { run, failed, .. }) => {
@@ -2250,7 +2392,7 @@ impl Session<'_> {
                         }
                         for s in stmts.iter().skip(next) {
                             // Statements the server never reported on.
-                            self.audit(s, "not_executed", None, None, None);
+                            self.audit_outcome(s, "not_executed", None, None, None);
                         }
                     }
                     Some(Op::Function {
