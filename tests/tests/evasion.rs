@@ -464,7 +464,10 @@ fn prepared_statements_share_one_namespace_and_follow_the_search_path() {
     let conn = w.pg.conninfo("app");
     let r = python(&w, &[LIBPQ_STEPS, &conn, &steps.to_string()]);
     let ok = |i: usize| r[i]["ok"] == true;
-    assert!(ok(0) && ok(1), "EXECUTE of a protocol-prepared name runs: {r}");
+    assert!(
+        ok(0) && ok(1),
+        "EXECUTE of a protocol-prepared name runs: {r}"
+    );
     assert_eq!(r[1]["rows"], 1, "{r}");
     assert!(ok(2) && ok(3) && ok(4) && ok(5), "{r}");
     for i in [6, 7, 8] {
@@ -480,7 +483,10 @@ fn an_execute_of_a_portal_the_agent_did_not_see_bound_is_refused() {
         return;
     };
     let port = w.pg.port.to_string();
-    let queries = json!(["BEGIN", "DECLARE c CURSOR FOR SELECT * FROM public.accounts"]);
+    let queries = json!([
+        "BEGIN",
+        "DECLARE c CURSOR FOR SELECT * FROM public.accounts"
+    ]);
     let r = python(&w, &[RAW_EXECUTE, &port, &queries.to_string(), "c"]);
     let msgs = r.as_array().cloned().unwrap_or_default();
     assert!(
@@ -493,5 +499,79 @@ fn an_execute_of_a_portal_the_agent_did_not_see_bound_is_refused() {
                 .as_str()
                 .is_some_and(|e| e.contains("Portcullis") && e.contains("portal `c`"))),
         "no refusal naming the portal: {r}"
+    );
+}
+
+/// Logs in by hand, sends the simple query argv[2], reads until the first
+/// DataRow, and drops the connection (a client that goes away mid-result).
+const RAW_DROP: &str = r#"
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def exact(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise SystemExit("closed")
+        b += c
+    return b
+def until(tag):
+    while True:
+        t = exact(1)
+        n = struct.unpack("!I", exact(4))[0]
+        exact(n - 4)
+        if t == tag:
+            return
+p = b"user\0app\0database\0app\0\0"
+s.sendall(struct.pack("!II", len(p) + 8, 196608) + p)
+until(b"Z")
+q = sys.argv[2].encode() + b"\0"
+s.sendall(b"Q" + struct.pack("!I", len(q) + 4) + q)
+until(b"D")
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+print("[]")
+"#;
+
+#[test]
+fn a_client_that_drops_mid_result_still_leaves_a_record() {
+    let Some(w) = world("a_client_that_drops_mid_result_still_leaves_a_record") else {
+        return;
+    };
+    let sql = "SELECT g, repeat('x', 100) FROM generate_series(1, 2000000) g";
+    let port = w.pg.port.to_string();
+    python(&w, &[RAW_DROP, &port, sql]);
+    // The decision record was written before the statement was forwarded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (decided, outcome) = loop {
+        let recs = w.agent.audit();
+        let decided = recs
+            .iter()
+            .find(|r| r["event"] == "statement" && r["statement"] == sql)
+            .cloned();
+        let outcome = decided.as_ref().and_then(|d| {
+            recs.iter()
+                .find(|o| {
+                    o["event"] == "statement_outcome"
+                        && o["session_id"] == d["session_id"]
+                        && o["statement_seq"] == d["statement_seq"]
+                })
+                .cloned()
+        });
+        if outcome.is_some() || std::time::Instant::now() > deadline {
+            break (decided, outcome);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let decided = decided.expect("no statement record for a statement the client dropped");
+    assert_eq!(decided["outcome"], "forwarded", "{decided:#}");
+    assert_eq!(decided["decision"], "allow", "{decided:#}");
+    let outcome = outcome.expect("no statement_outcome record once the session ended");
+    assert!(
+        matches!(
+            outcome["outcome"].as_str(),
+            Some("incomplete" | "ok" | "error")
+        ),
+        "{outcome:#}"
     );
 }
