@@ -2438,7 +2438,17 @@ impl Session<'_> {
             b'S' => match super::startup::unsafe_parameter_status(&f.body) {
                 // Not passed on: the session ends here.
                 Some(why) => t.unsafe_setting = Some(why),
-                None => f.encode(out),
+                None => {
+                    // Servers that report search_path (not 15) say when code the
+                    // agent cannot see changed it.
+                    let mut r = codec::Reader::new(&f.body);
+                    if r.cstr("ParameterStatus") == Ok("search_path")
+                        && let Ok(v) = r.cstr("ParameterStatus")
+                    {
+                        t.sql.server_search_path(v);
+                    }
+                    f.encode(out)
+                }
             },
             b't' | b'd' | b'c' | b'A' | b'K' => f.encode(out),
             other => {

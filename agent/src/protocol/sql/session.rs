@@ -166,6 +166,11 @@ impl SqlSession {
     /// turns into a deny); unqualified tables qualified by every schema the
     /// search_path may name now.
     pub fn facts_for(&self, s: &StatementInfo) -> Result<StatementFacts, String> {
+        // A change of a pinned setting is refused whatever it touches (the
+        // PostgreSQL proxy refuses it in monitor mode too).
+        if let Some(why) = &s.pinned_setting {
+            return Err(why.clone());
+        }
         if let Some(name) = &s.execute {
             let Some(p) = self.prepared.get(name) else {
                 return Err(format!(
@@ -266,7 +271,14 @@ impl SqlSession {
         // RESET / DISCARD ALL go back to the startup path, already among the schemas.
     }
 
-    /// Names of the SQL-level prepared statements (for tests and the proxy).
+    /// A search_path the server reported (ParameterStatus, from servers that
+    /// report it): its schemas may be in effect from now on.
+    pub fn server_search_path(&mut self, path: &str) {
+        let list = parse_path_list(path);
+        self.add_schemas(&list);
+    }
+
+    /// Names of the prepared statements (for tests and the proxy).
     #[allow(dead_code)]
     pub fn prepared_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.prepared.keys().cloned().collect();
@@ -284,7 +296,7 @@ fn parse_path_list(p: &str) -> Vec<String> {
             if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
                 s[1..s.len() - 1].to_string()
             } else {
-                s.to_lowercase()
+                s.to_ascii_lowercase()
             }
         })
         .collect()
@@ -357,6 +369,17 @@ mod namespace_tests {
             f.tables_read.contains(&"private.secrets".to_string()),
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn pinned_settings_cannot_be_decided_and_a_reported_path_is_followed() {
+        let mut s = SqlSession::new("app", None);
+        let e = s
+            .facts_for(&info("SET client_encoding = 'SJIS'"))
+            .expect_err("refused");
+        assert!(e.contains("client_encoding"), "{e}");
+        s.server_search_path("\"$user\", Private");
+        assert!(s.candidate_schemas().contains(&"private".to_string()));
     }
 
     #[test]
