@@ -909,6 +909,10 @@ rules:
 fn facts(kinds: &[spec::StatementKind]) -> StatementFacts {
     StatementFacts {
         kinds: kinds.to_vec(),
+        privileges: kinds
+            .iter()
+            .map(|k| grants::Privilege::statement(*k))
+            .collect(),
         ..Default::default()
     }
 }

@@ -140,6 +140,11 @@ impl SqlSession {
             columns,
             functions: facts.functions.clone(),
             where_less: facts.where_less,
+            privileges: crate::policy::grants::qualify(
+                &facts.privileges,
+                schemas,
+                self.schemas.iter().any(|s| s == "pg_catalog"),
+            ),
         })
     }
 
@@ -163,6 +168,13 @@ impl SqlSession {
                 if !f.functions.contains(x) {
                     f.functions.push(x.clone());
                 }
+            }
+            // Privileges: what the prepared statement exercises, `execute`, and
+            // the functions of the parameters.
+            f.privileges
+                .retain(|p| *p != crate::policy::grants::Privilege::statement(K::Prepare));
+            for p in self.qualify(&s.facts)?.privileges {
+                crate::policy::grants::push(&mut f.privileges, p);
             }
             return Ok(f);
         }

@@ -1,0 +1,312 @@
+//! Least privilege for SQL: a statement is decomposed (by `protocol::sql`) into
+//! the privileges it exercises, each an action on an object as PostgreSQL itself
+//! checks them; an `allow` rule *grants* privileges, and a statement runs only if
+//! every privilege it exercises is granted by some allow rule in force.
+//!
+//! Invariants:
+//! - An analysed statement exercises at least one privilege: a statement that
+//!   touches no object exercises its kind (`SELECT 1` → `select`).
+//! - An unqualified name carries every name it may resolve to on the session's
+//!   search_path; a grant must cover each of them (the agent does not know which
+//!   schemas hold the name, so any of them may be the one the server uses).
+//! - Deny, kill and approval rules do not look at privileges: they keep matching
+//!   the statement's facts (any listed kind, table or function).
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use super::CompiledSql;
+use super::catalog::is_catalog_relation;
+use super::spec::StatementKind as K;
+
+/// What a privilege is exercised on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum On {
+    /// The statement itself, when it touches no object (`SELECT 1`, `BEGIN`,
+    /// `SET x = 1`, `DO`), or the part of it no object privilege stands for
+    /// (`COPY`, `MERGE`, `EXPLAIN`, `PREPARE`).
+    Statement,
+    /// A table, view, sequence or other object in a schema (`schema.name`;
+    /// `schema.*` for a whole schema). Several names: an unqualified name that may
+    /// resolve to any of them.
+    Table(Vec<String>),
+    /// The execution of a function (`schema.name`; a dangerous feature such as
+    /// `copy_program` by its own name).
+    Function(Vec<String>),
+    /// An object the analysis does not name (a role, a database, an extension,
+    /// every table): only a rule that lists no object grants it.
+    Unnamed(String),
+}
+
+/// One privilege a statement exercises.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Privilege {
+    /// The action (for a function: the kind of the statement calling it, shown as
+    /// `execute`).
+    pub action: K,
+    pub on: On,
+}
+
+pub fn kind_name(k: K) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl Privilege {
+    pub fn statement(action: K) -> Self {
+        Privilege {
+            action,
+            on: On::Statement,
+        }
+    }
+
+    pub fn table(action: K, name: String) -> Self {
+        Privilege {
+            action,
+            on: On::Table(vec![name]),
+        }
+    }
+
+    pub fn function(name: String) -> Self {
+        Privilege {
+            action: K::Call,
+            on: On::Function(vec![name]),
+        }
+    }
+
+    pub fn unnamed(action: K, what: impl Into<String>) -> Self {
+        Privilege {
+            action,
+            on: On::Unnamed(what.into()),
+        }
+    }
+
+    /// The names a grant must cover (none for a statement or an unnamed object).
+    pub fn names(&self) -> &[String] {
+        match &self.on {
+            On::Table(n) | On::Function(n) => n,
+            On::Statement | On::Unnamed(_) => &[],
+        }
+    }
+
+    /// The privilege on one of its names, as shown to people: `select on
+    /// public.orders`, `execute public.f`, `begin`.
+    pub fn describe(&self, name: Option<&str>) -> String {
+        let all = self.names().join(" or ");
+        let n = name.unwrap_or(&all);
+        match &self.on {
+            On::Statement => kind_name(self.action),
+            On::Table(_) => format!("{} on {n}", kind_name(self.action)),
+            On::Function(_) => format!("execute {n}"),
+            On::Unnamed(w) => format!("{} on {w}", kind_name(self.action)),
+        }
+    }
+}
+
+impl fmt::Display for Privilege {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(None))
+    }
+}
+
+/// In audit records and JSON output, a privilege is its description.
+impl Serialize for Privilege {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.describe(None))
+    }
+}
+
+/// A privilege (on one name) and the rule that granted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    pub privilege: String,
+    pub rule: String,
+}
+
+/// Pushes `p` unless it is there already.
+pub fn push(v: &mut Vec<Privilege>, p: Privilege) {
+    if !v.contains(&p) {
+        v.push(p);
+    }
+}
+
+/// Qualifies the unqualified names of `ps` with the schemas a session's
+/// search_path may resolve them to (`candidates`, `pg_catalog` first).
+/// `catalog_on_path`: the search_path names `pg_catalog` explicitly, so it may
+/// be searched after another schema.
+///
+/// - A table name is looked up in `pg_catalog` only if it is a catalog relation
+///   (or starts with `pg_`, the prefix the catalog uses); a catalog relation
+///   resolves to `pg_catalog` alone unless the path names `pg_catalog` later.
+/// - Objects are created in a schema of the path, never in `pg_catalog`.
+/// - A function reaching here is not a built-in (the analysis leaves harmless
+///   built-ins out and names privileged ones in `pg_catalog`), so `pg_catalog`
+///   is not a candidate for it.
+pub fn qualify(ps: &[Privilege], candidates: &[String], catalog_on_path: bool) -> Vec<Privilege> {
+    let mut out = Vec::with_capacity(ps.len());
+    for p in ps {
+        let one = |names: &[String], function: bool| -> Vec<String> {
+            let mut v = Vec::new();
+            for n in names {
+                if n.contains('.') {
+                    if !v.contains(n) {
+                        v.push(n.clone());
+                    }
+                    continue;
+                }
+                let catalog = !function
+                    && p.action != K::Create
+                    && (is_catalog_relation(n) || n.starts_with("pg_"));
+                if catalog && !catalog_on_path && is_catalog_relation(n) {
+                    let q = format!("pg_catalog.{n}");
+                    if !v.contains(&q) {
+                        v.push(q);
+                    }
+                    continue;
+                }
+                for s in candidates {
+                    if s == "pg_catalog" && !catalog {
+                        continue;
+                    }
+                    let q = format!("{s}.{n}");
+                    if !v.contains(&q) {
+                        v.push(q);
+                    }
+                }
+            }
+            v
+        };
+        let on = match &p.on {
+            On::Table(n) => On::Table(one(n, false)),
+            On::Function(n) => On::Function(one(n, true)),
+            other => other.clone(),
+        };
+        // A name with no candidate at all (an empty search_path) resolves to
+        // nothing the agent can name.
+        let on = match on {
+            On::Table(n) if n.is_empty() => {
+                On::Unnamed("a name the search_path does not resolve".into())
+            }
+            On::Function(n) if n.is_empty() => {
+                On::Unnamed("a function the search_path does not resolve".into())
+            }
+            other => other,
+        };
+        push(
+            &mut out,
+            Privilege {
+                action: p.action,
+                on,
+            },
+        );
+    }
+    out
+}
+
+impl CompiledSql {
+    /// Whether the rule lists any object (tables or functions).
+    pub fn lists_objects(&self) -> bool {
+        !self.tables.is_empty()
+            || !self.tables_read.is_empty()
+            || !self.tables_written.is_empty()
+            || !self.functions.is_empty()
+    }
+
+    /// Whether an allow rule with this condition is in force for a statement: its
+    /// `columns` and `where_less` conditions (which are filters, not grants) hold.
+    pub fn in_force(&self, f: &super::StatementFacts) -> bool {
+        (self.columns.is_empty()
+            || self
+                .columns
+                .iter()
+                .any(|p| f.columns.iter().any(|c| p.matches(c))))
+            && self.where_less.is_none_or(|w| f.where_less == w)
+    }
+
+    /// Whether this condition, on an allow rule, grants `p` on `name` (one of its
+    /// names; None for a statement or an unnamed object).
+    ///
+    /// - `statements` are the actions granted (every action when absent);
+    /// - `tables` (any action), `tables_read` (`select`) and `tables_written`
+    ///   (every other action) are the tables they are granted on; with no table
+    ///   list, every table, unless the rule lists `functions` only;
+    /// - `functions` are the functions whose execution is granted (none when
+    ///   absent). A glob without a dot also matches a `pg_catalog` function by
+    ///   its bare name;
+    /// - a statement privilege needs its kind in `statements`; an unnamed object
+    ///   needs a rule that lists no object.
+    ///
+    /// A rule with neither `statements` nor any object list grants everything.
+    pub fn grants(&self, p: &Privilege, name: Option<&str>) -> bool {
+        let everything = self.statements.is_empty() && !self.lists_objects();
+        if everything {
+            return true;
+        }
+        let action_ok = self.statements.is_empty() || self.statements.contains(&p.action);
+        match &p.on {
+            On::Statement => self.statements.contains(&p.action),
+            On::Unnamed(_) => action_ok && !self.lists_objects(),
+            On::Table(_) => {
+                let Some(n) = name else { return false };
+                if !action_ok {
+                    return false;
+                }
+                if self.tables.is_empty()
+                    && self.tables_read.is_empty()
+                    && self.tables_written.is_empty()
+                {
+                    return self.functions.is_empty();
+                }
+                let any = |ps: &[glob::Pattern]| ps.iter().any(|g| g.matches(n));
+                any(&self.tables)
+                    || (p.action == K::Select && any(&self.tables_read))
+                    || (p.action != K::Select && any(&self.tables_written))
+            }
+            On::Function(_) => {
+                let Some(n) = name else { return false };
+                let bare = n.strip_prefix("pg_catalog.");
+                self.functions.iter().any(|g| {
+                    g.matches(n)
+                        || (!g.as_str().contains('.') && bare.is_some_and(|b| g.matches(b)))
+                })
+            }
+        }
+    }
+}
+
+/// How the privileges of a statement fare against a set of allow rules.
+pub struct Coverage<'a> {
+    /// Each privilege (on each of its names) and the first rule granting it.
+    pub granted: Vec<(String, &'a str)>,
+    /// The privileges (on one name) no rule grants, in order.
+    pub missing: Vec<String>,
+}
+
+/// Checks every privilege of `ps` against `rules` (allow rules in force, in
+/// load order, with their `sql` conditions).
+pub fn cover<'a>(ps: &[Privilege], rules: &[(&'a str, &'a CompiledSql)]) -> Coverage<'a> {
+    let mut granted = Vec::new();
+    let mut missing = Vec::new();
+    for p in ps {
+        let names: Vec<Option<&str>> = if p.names().is_empty() {
+            vec![None]
+        } else {
+            p.names().iter().map(|n| Some(n.as_str())).collect()
+        };
+        let several = names.len() > 1;
+        for n in names {
+            let d = p.describe(n);
+            match rules.iter().find(|(_, c)| c.grants(p, n)) {
+                Some((id, _)) => granted.push((d, *id)),
+                None if several => missing.push(format!(
+                    "{d} (an unqualified name may resolve to it on the search_path)"
+                )),
+                None => missing.push(d),
+            }
+        }
+    }
+    Coverage { granted, missing }
+}
