@@ -270,6 +270,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     p.masks.len(),
                     p.hash
                 );
+                for w in policy::grants::migration_warnings(&p) {
+                    eprintln!("warning: {w}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errs) => {

@@ -310,3 +310,84 @@ pub fn cover<'a>(ps: &[Privilege], rules: &[(&'a str, &'a CompiledSql)]) -> Cove
     }
     Coverage { granted, missing }
 }
+
+/// What `portcullis policy check` says about allow rules whose decisions the
+/// grant model changes: before, an allow rule with `sql` conditions allowed a
+/// statement when any of its kinds, tables or functions was listed; now it
+/// grants privileges, and a statement runs only if every privilege it exercises
+/// is granted. One message per rule with `sql` conditions, naming what differs.
+pub fn migration_warnings(policy: &super::CompiledPolicy) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &policy.rules {
+        let (super::spec::Effect::Allow, Some(c)) = (r.effect, &r.sql) else {
+            continue;
+        };
+        let mut notes = Vec::new();
+        let tables =
+            !c.tables.is_empty() || !c.tables_read.is_empty() || !c.tables_written.is_empty();
+        let kinds: Vec<String> = c.statements.iter().map(|k| kind_name(*k)).collect();
+        if tables {
+            notes.push(
+                "a statement touching a listed table was allowed whatever else it touched; now every other table it reads or writes (a JOIN, a subquery, a UNION, INSERT ... SELECT) needs a grant of its own".to_string(),
+            );
+        }
+        if !c.statements.is_empty() {
+            notes.push(format!(
+                "a statement with one of the kinds [{}] was allowed whatever else it did; now a data-modifying CTE, SELECT INTO, CREATE TABLE AS or a call of a user-defined or privileged function in it needs a grant of its own",
+                kinds.join(", ")
+            ));
+        }
+        const ON_TABLES: &[K] = &[
+            K::Select,
+            K::Insert,
+            K::Update,
+            K::Delete,
+            K::Truncate,
+            K::Create,
+            K::Alter,
+            K::Drop,
+            K::Grant,
+            K::Revoke,
+            K::Vacuum,
+        ];
+        if tables && !c.statements.is_empty() && !c.statements.iter().any(|k| ON_TABLES.contains(k))
+        {
+            notes.push(format!(
+                "its table lists grant nothing: [{}] act on tables through select, insert, update or delete (COPY t TO reads with select, COPY t FROM writes with insert), which this rule does not list",
+                kinds.join(", ")
+            ));
+        }
+        let writes = c.statements.is_empty()
+            || c.statements
+                .iter()
+                .any(|k| matches!(k, K::Update | K::Delete | K::Insert));
+        let grants_select = (c.statements.is_empty() || c.statements.contains(&K::Select))
+            && (!c.tables.is_empty() || !c.tables_read.is_empty());
+        if writes && !c.tables_written.is_empty() && !grants_select {
+            notes.push(
+                "an UPDATE or DELETE with a WHERE or RETURNING (and an INSERT with RETURNING or ON CONFLICT) also reads its table, as PostgreSQL checks: select on it must be granted too, which this rule does not do".to_string(),
+            );
+        }
+        if !c.functions.is_empty() {
+            notes.push(
+                "a statement calling a listed function was allowed whatever else it did; now the rule grants the execution of those functions only".to_string(),
+            );
+        }
+        if !c.columns.is_empty() || c.where_less.is_some() {
+            notes.push(
+                "`columns` and `where_less` now decide when the rule is in force; they grant nothing".to_string(),
+            );
+        }
+        if notes.is_empty() {
+            continue;
+        }
+        out.push(format!(
+            "{}:{}: allow rule `{}` now grants privileges, and a statement runs only if every privilege it exercises is granted: {}",
+            r.file.display(),
+            r.line,
+            r.id,
+            notes.join("; ")
+        ));
+    }
+    out
+}
