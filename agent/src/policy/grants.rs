@@ -331,10 +331,34 @@ pub fn migration_warnings(policy: &super::CompiledPolicy) -> Vec<String> {
                 "a statement touching a listed table was allowed whatever else it touched; now every other table it reads or writes (a JOIN, a subquery, a UNION, INSERT ... SELECT) needs a grant of its own".to_string(),
             );
         }
-        if !c.statements.is_empty() {
+        // Kinds that can carry other statements, tables or function calls; a
+        // rule listing only session statements (begin, set, ...) means what it meant.
+        let carrying: Vec<String> = c
+            .statements
+            .iter()
+            .filter(|k| {
+                matches!(
+                    k,
+                    K::Select
+                        | K::Insert
+                        | K::Update
+                        | K::Delete
+                        | K::Merge
+                        | K::Copy
+                        | K::Create
+                        | K::Explain
+                        | K::Prepare
+                        | K::Execute
+                        | K::Call
+                        | K::Other
+                )
+            })
+            .map(|k| kind_name(*k))
+            .collect();
+        if !carrying.is_empty() {
             notes.push(format!(
                 "a statement with one of the kinds [{}] was allowed whatever else it did; now a data-modifying CTE, SELECT INTO, CREATE TABLE AS or a call of a user-defined or privileged function in it needs a grant of its own",
-                kinds.join(", ")
+                carrying.join(", ")
             ));
         }
         const ON_TABLES: &[K] = &[
