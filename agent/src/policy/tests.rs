@@ -1256,14 +1256,31 @@ fn an_allow_rule_grants_each_privilege_it_names() {
         ..Default::default()
     };
     // Every privilege granted, by one rule or several.
-    let d = decide(&p, 1000, 0, Action::Statement(&with(&[(K::Select, Some("public.orders"))])));
-    assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Allow, "app-reads-orders"));
-    let f = with(&[(K::Delete, Some("public.items")), (K::Select, Some("public.orders"))]);
+    let d = decide(
+        &p,
+        1000,
+        0,
+        Action::Statement(&with(&[(K::Select, Some("public.orders"))])),
+    );
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "app-reads-orders")
+    );
+    let f = with(&[
+        (K::Delete, Some("public.items")),
+        (K::Select, Some("public.orders")),
+    ]);
     let d = decide(&p, 1000, 0, Action::Statement(&f));
-    assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Allow, "app-writes-items"));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "app-writes-items")
+    );
     assert_eq!(d.grants.len(), 2, "{d:?}");
     // One privilege missing: refused by the default, saying which.
-    let f = with(&[(K::Select, Some("public.orders")), (K::Select, Some("public.customers"))]);
+    let f = with(&[
+        (K::Select, Some("public.orders")),
+        (K::Select, Some("public.customers")),
+    ]);
     let d = decide(&p, 1000, 0, Action::Statement(&f));
     assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Deny, DEFAULT_DENY));
     assert_eq!(
@@ -1272,11 +1289,20 @@ fn an_allow_rule_grants_each_privilege_it_names() {
     );
     // The action must be listed: update on orders is not granted by the select rule.
     let f = with(&[(K::Update, Some("public.orders"))]);
-    assert_eq!(decide(&p, 1000, 0, Action::Statement(&f)).rule, DEFAULT_DENY);
+    assert_eq!(
+        decide(&p, 1000, 0, Action::Statement(&f)).rule,
+        DEFAULT_DENY
+    );
     // tables_written does not grant select: an UPDATE ... WHERE reads its table.
-    let f = with(&[(K::Update, Some("public.items")), (K::Select, Some("public.items"))]);
+    let f = with(&[
+        (K::Update, Some("public.items")),
+        (K::Select, Some("public.items")),
+    ]);
     let d = decide(&p, 1000, 0, Action::Statement(&f));
-    assert_eq!(d.reason.as_deref(), Some("select on public.items is granted by no rule"));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("select on public.items is granted by no rule")
+    );
     // A kind touching nothing needs only the kind: SELECT 1, BEGIN.
     for k in [K::Select, K::Begin] {
         let d = decide(&p, 1000, 0, Action::Statement(&with(&[(k, None)])));
@@ -1285,24 +1311,36 @@ fn an_allow_rule_grants_each_privilege_it_names() {
     // `statements: [copy]` grants the copy statement, not reading the tables.
     let f = with(&[(K::Copy, None), (K::Select, Some("public.items"))]);
     let d = decide(&p, 1000, 0, Action::Statement(&f));
-    assert_eq!(d.reason.as_deref(), Some("select on public.items is granted by no rule"));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("select on public.items is granted by no rule")
+    );
     // `functions` grants execution only, by qualified glob.
     let call = |n: &str| StatementFacts {
         kinds: vec![K::Select],
-        privileges: vec![grants::Privilege::statement(K::Select), grants::Privilege::function(n.into())],
+        privileges: vec![
+            grants::Privilege::statement(K::Select),
+            grants::Privilege::function(n.into()),
+        ],
         ..Default::default()
     };
     let d = decide(&p, 1000, 0, Action::Statement(&call("public.audit_log")));
     assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
     let d = decide(&p, 1000, 0, Action::Statement(&call("other.audit_log")));
-    assert_eq!(d.reason.as_deref(), Some("execute other.audit_log is granted by no rule"));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("execute other.audit_log is granted by no rule")
+    );
     // An unnamed object needs a rule that lists no object.
     let f = StatementFacts {
         kinds: vec![K::Drop],
         privileges: vec![grants::Privilege::unnamed(K::Drop, "role bob")],
         ..Default::default()
     };
-    assert_eq!(decide(&p, 1000, 0, Action::Statement(&f)).rule, DEFAULT_DENY);
+    assert_eq!(
+        decide(&p, 1000, 0, Action::Statement(&f)).rule,
+        DEFAULT_DENY
+    );
     // An empty privilege list (a message with no statement) is granted by
     // connection-level rules only, never vacuously.
     let d = decide(&p, 1000, 0, Action::Statement(&StatementFacts::default()));
@@ -1352,7 +1390,11 @@ rules:
         )
         .expect("valid");
         let d = decide(&p, 1000, 0, Action::Statement(&f));
-        assert_eq!((d.outcome, d.rule.as_str()), (outcome, rule), "{mode}: {d:?}");
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (outcome, rule),
+            "{mode}: {d:?}"
+        );
         if mode == "enforce" {
             assert_eq!(
                 d.reason.as_deref(),
@@ -1372,15 +1414,30 @@ fn policy_check_warns_where_grants_change_an_allow_rule() {
             .cloned()
             .unwrap_or_default()
     };
-    assert!(of("app-reads-orders").contains("every other table it reads or writes"), "{w:#?}");
+    assert!(
+        of("app-reads-orders").contains("every other table it reads or writes"),
+        "{w:#?}"
+    );
     assert!(of("app-reads-orders").contains("kinds [select]"), "{w:#?}");
     // Session statements only: their meaning did not change.
     assert_eq!(of("app-session"), "", "{w:#?}");
-    assert!(of("app-copies").contains("its table lists grant nothing"), "{w:#?}");
-    assert!(of("app-writes-items").contains("select on it must be granted too"), "{w:#?}");
-    assert!(of("app-calls").contains("execution of those functions only"), "{w:#?}");
+    assert!(
+        of("app-copies").contains("its table lists grant nothing"),
+        "{w:#?}"
+    );
+    assert!(
+        of("app-writes-items").contains("select on it must be granted too"),
+        "{w:#?}"
+    );
+    assert!(
+        of("app-calls").contains("execution of those functions only"),
+        "{w:#?}"
+    );
     // Connection-level rules and deny rules: no warning.
     let p = compile(SQL_POLICY).expect("valid");
     let w = grants::migration_warnings(&p);
-    assert!(w.iter().all(|x| x.contains("rule `ops-selects-only`")), "{w:#?}");
+    assert!(
+        w.iter().all(|x| x.contains("rule `ops-selects-only`")),
+        "{w:#?}"
+    );
 }
