@@ -37,6 +37,11 @@ pub enum On {
     /// An object the analysis does not name (a role, a database, an extension,
     /// every table): only a rule that lists no object grants it.
     Unnamed(String),
+    /// An unqualified call of a function `pg_catalog` has (as analysed, before a
+    /// session qualifies it): the built-in when `pg_catalog` is searched first,
+    /// so a privilege only if the built-in is privileged; when the search_path
+    /// names `pg_catalog` after other schemas, possibly a function of theirs.
+    Builtin { name: String, privileged: bool },
 }
 
 /// One privilege a statement exercises.
@@ -88,7 +93,7 @@ impl Privilege {
     pub fn names(&self) -> &[String] {
         match &self.on {
             On::Table(n) | On::Function(n) => n,
-            On::Statement | On::Unnamed(_) => &[],
+            On::Statement | On::Unnamed(_) | On::Builtin { .. } => &[],
         }
     }
 
@@ -102,6 +107,13 @@ impl Privilege {
             On::Table(_) => format!("{} on {n}", kind_name(self.action)),
             On::Function(_) => format!("execute {n}"),
             On::Unnamed(w) => format!("{} on {w}", kind_name(self.action)),
+            On::Builtin { name, privileged } => {
+                if *privileged {
+                    format!("execute pg_catalog.{name}")
+                } else {
+                    format!("execute {name} (a pg_catalog built-in)")
+                }
+            }
         }
     }
 }
@@ -142,9 +154,11 @@ pub fn push(v: &mut Vec<Privilege>, p: Privilege) {
 ///   (or starts with `pg_`, the prefix the catalog uses); a catalog relation
 ///   resolves to `pg_catalog` alone unless the path names `pg_catalog` later.
 /// - Objects are created in a schema of the path, never in `pg_catalog`.
-/// - A function reaching here is not a built-in (the analysis leaves harmless
-///   built-ins out and names privileged ones in `pg_catalog`), so `pg_catalog`
-///   is not a candidate for it.
+/// - An unqualified function that is not a `pg_catalog` function is looked up in
+///   the other schemas. An unqualified call of a `pg_catalog` function is the
+///   built-in (no privilege if harmless, `pg_catalog.name` if privileged), and,
+///   when the path names `pg_catalog` explicitly, possibly a function of that
+///   name in any other schema of the path.
 pub fn qualify(ps: &[Privilege], candidates: &[String], catalog_on_path: bool) -> Vec<Privilege> {
     let mut out = Vec::with_capacity(ps.len());
     for p in ps {
@@ -182,6 +196,22 @@ pub fn qualify(ps: &[Privilege], candidates: &[String], catalog_on_path: bool) -
         let on = match &p.on {
             On::Table(n) => On::Table(one(n, false)),
             On::Function(n) => On::Function(one(n, true)),
+            On::Builtin { name, privileged } => {
+                let mut v = Vec::new();
+                if *privileged {
+                    v.push(format!("pg_catalog.{name}"));
+                }
+                if catalog_on_path {
+                    for s in candidates.iter().filter(|s| *s != "pg_catalog") {
+                        v.push(format!("{s}.{name}"));
+                    }
+                }
+                if v.is_empty() {
+                    // The harmless built-in: no privilege.
+                    continue;
+                }
+                On::Function(v)
+            }
             other => other.clone(),
         };
         // A name with no candidate at all (an empty search_path) resolves to
@@ -264,6 +294,14 @@ impl CompiledSql {
                 any(&self.tables)
                     || (p.action == K::Select && any(&self.tables_read))
                     || (p.action != K::Select && any(&self.tables_written))
+            }
+            On::Builtin { name, privileged } => {
+                !privileged || {
+                    let n = format!("pg_catalog.{name}");
+                    self.functions
+                        .iter()
+                        .any(|g| g.matches(&n) || (!g.as_str().contains('.') && g.matches(name)))
+                }
             }
             On::Function(_) => {
                 let Some(n) = name else { return false };

@@ -194,6 +194,17 @@ fn function_privilege(name: &str) -> Option<Privilege> {
             || PRIVILEGED_BUILTIN_PREFIXES
                 .iter()
                 .any(|p| bare.starts_with(p));
+        if schema.is_none() {
+            // Unqualified: the built-in unless the search_path puts another
+            // schema before pg_catalog (decided when the session qualifies it).
+            return Some(Privilege {
+                action: K::Call,
+                on: On::Builtin {
+                    name: bare.to_string(),
+                    privileged,
+                },
+            });
+        }
         return privileged.then(|| Privilege::function(format!("pg_catalog.{bare}")));
     }
     if schema.is_none() && SQL_FUNCTION_SYNTAX.contains(&bare) {
