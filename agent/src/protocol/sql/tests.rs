@@ -841,3 +841,97 @@ fn privileges_of_statements() {
         assert_eq!(got, *want, "{sql}");
     }
 }
+
+/// "W may insert into public.orders" no longer lets it copy an ungranted table
+/// into orders, and a write granted on orders does not grant writing elsewhere.
+#[test]
+fn a_write_grant_does_not_grant_what_the_write_reads() {
+    let text = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: w
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["127.0.0.1"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: w-inserts-orders
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [insert], tables_written: ["public.orders"] } }
+"#;
+    let p = grants_policy(text);
+    let session = SqlSession::new("app", Some("public"));
+    let d = decide_on(&p, &session, "INSERT INTO orders (id) VALUES (1)");
+    assert_eq!(d.rule, "w-inserts-orders", "{d:?}");
+    for (sql, missing) in [
+        (
+            "INSERT INTO orders SELECT * FROM customers",
+            "select on public.customers",
+        ),
+        (
+            "INSERT INTO orders (id) VALUES (1) RETURNING *",
+            "select on public.orders",
+        ),
+        (
+            "WITH c AS (DELETE FROM customers RETURNING id) INSERT INTO orders (id) SELECT id FROM c",
+            "delete on public.customers",
+        ),
+        (
+            "INSERT INTO orders (id) VALUES ((SELECT max(id) FROM customers))",
+            "select on public.customers",
+        ),
+    ] {
+        let d = decide_on(&p, &session, sql);
+        assert_eq!(
+            d.reason.as_deref(),
+            Some(format!("{missing} is granted by no rule").as_str()),
+            "{sql}: {d:?}"
+        );
+    }
+}
+
+/// `FROM ONLY t` was read as a table named `only`: a deny on `t` did not match.
+#[test]
+fn from_only_cannot_slip_past_a_deny() {
+    let text = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: w
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["127.0.0.1"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: w-connects
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+  - id: no-customers
+    workloads: [w]
+    targets: [pg]
+    effect: deny
+    when: { sql: { tables: ["public.customers"] } }
+"#;
+    let p = grants_policy(text);
+    let session = SqlSession::new("app", Some("public"));
+    let d = decide_on(&p, &session, "SELECT * FROM customers");
+    assert_eq!(d.rule, "no-customers", "{d:?}");
+    for sql in [
+        "SELECT * FROM ONLY customers",
+        "SELECT * FROM orders, ONLY customers",
+        "UPDATE orders SET total = 0 FROM ONLY customers WHERE customers.id = orders.id",
+    ] {
+        let d = decide_on(&p, &session, sql);
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (crate::policy::Outcome::Deny, "unparseable"),
+            "{sql}: {d:?}"
+        );
+    }
+}
