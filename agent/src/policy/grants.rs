@@ -53,11 +53,38 @@ pub struct Privilege {
     pub on: On,
 }
 
-pub fn kind_name(k: K) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+/// The kind as policy files spell it (`select`, `set_role`).
+pub fn kind_name(k: K) -> &'static str {
+    match k {
+        K::Select => "select",
+        K::Insert => "insert",
+        K::Update => "update",
+        K::Delete => "delete",
+        K::Merge => "merge",
+        K::Truncate => "truncate",
+        K::Copy => "copy",
+        K::Create => "create",
+        K::Alter => "alter",
+        K::Drop => "drop",
+        K::Grant => "grant",
+        K::Revoke => "revoke",
+        K::Set => "set",
+        K::Reset => "reset",
+        K::SetRole => "set_role",
+        K::Begin => "begin",
+        K::Commit => "commit",
+        K::Rollback => "rollback",
+        K::Savepoint => "savepoint",
+        K::Call => "call",
+        K::Do => "do",
+        K::Explain => "explain",
+        K::Prepare => "prepare",
+        K::Execute => "execute",
+        K::Listen => "listen",
+        K::Notify => "notify",
+        K::Vacuum => "vacuum",
+        K::Other => "other",
+    }
 }
 
 impl Privilege {
@@ -103,7 +130,7 @@ impl Privilege {
         let all = self.names().join(" or ");
         let n = name.unwrap_or(&all);
         match &self.on {
-            On::Statement => kind_name(self.action),
+            On::Statement => kind_name(self.action).to_string(),
             On::Table(_) => format!("{} on {n}", kind_name(self.action)),
             On::Function(_) => format!("execute {n}"),
             On::Unnamed(w) => format!("{} on {w}", kind_name(self.action)),
@@ -363,7 +390,7 @@ pub fn migration_warnings(policy: &super::CompiledPolicy) -> Vec<String> {
         let mut notes = Vec::new();
         let tables =
             !c.tables.is_empty() || !c.tables_read.is_empty() || !c.tables_written.is_empty();
-        let kinds: Vec<String> = c.statements.iter().map(|k| kind_name(*k)).collect();
+        let kinds: Vec<&str> = c.statements.iter().map(|k| kind_name(*k)).collect();
         if tables {
             notes.push(
                 "a statement touching a listed table was allowed whatever else it touched; now every other table it reads or writes (a JOIN, a subquery, a UNION, INSERT ... SELECT) needs a grant of its own".to_string(),
@@ -371,7 +398,7 @@ pub fn migration_warnings(policy: &super::CompiledPolicy) -> Vec<String> {
         }
         // Kinds that can carry other statements, tables or function calls; a
         // rule listing only session statements (begin, set, ...) means what it meant.
-        let carrying: Vec<String> = c
+        let carrying: Vec<&str> = c
             .statements
             .iter()
             .filter(|k| {
@@ -452,4 +479,45 @@ pub fn migration_warnings(policy: &super::CompiledPolicy) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kind_names_are_the_policy_spelling() {
+        use crate::policy::spec::StatementKind as K;
+        for k in [
+            K::Select,
+            K::Insert,
+            K::Update,
+            K::Delete,
+            K::Merge,
+            K::Truncate,
+            K::Copy,
+            K::Create,
+            K::Alter,
+            K::Drop,
+            K::Grant,
+            K::Revoke,
+            K::Set,
+            K::Reset,
+            K::SetRole,
+            K::Begin,
+            K::Commit,
+            K::Rollback,
+            K::Savepoint,
+            K::Call,
+            K::Do,
+            K::Explain,
+            K::Prepare,
+            K::Execute,
+            K::Listen,
+            K::Notify,
+            K::Vacuum,
+            K::Other,
+        ] {
+            let serde = serde_json::to_value(k).unwrap();
+            assert_eq!(serde.as_str(), Some(super::kind_name(k)));
+        }
+    }
 }
