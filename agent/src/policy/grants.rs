@@ -116,6 +116,15 @@ impl Privilege {
         }
     }
 
+    /// Whether a name of it depends on the search_path (unqualified).
+    pub fn unqualified(&self) -> bool {
+        match &self.on {
+            On::Table(n) | On::Function(n) => n.iter().any(|x| !x.contains('.')),
+            On::Builtin { .. } => true,
+            On::Statement | On::Unnamed(_) => false,
+        }
+    }
+
     /// The names a grant must cover (none for a statement or an unnamed object).
     pub fn names(&self) -> &[String] {
         match &self.on {

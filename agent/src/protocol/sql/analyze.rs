@@ -505,6 +505,9 @@ impl Collector {
                     self.privilege(K::Truncate, table_name(&n.name));
                     self.written(table_name(&n.name));
                 }
+                if matches!(t.cascade, Some(ast::CascadeOption::Cascade)) {
+                    self.unnamed(K::Truncate, "the tables that reference it (CASCADE)");
+                }
             }
             Statement::Copy {
                 source, to, target, ..
@@ -586,8 +589,12 @@ impl Collector {
                 object_type,
                 names,
                 table,
+                cascade,
                 ..
             } => {
+                if *cascade {
+                    self.unnamed(K::Drop, "the objects that depend on it (CASCADE)");
+                }
                 for n in names {
                     match object_type {
                         ObjectType::Schema => {

@@ -93,7 +93,8 @@ impl SqlSession {
             .tables_read
             .iter()
             .chain(&facts.tables_written)
-            .any(|t| !t.contains('.'));
+            .any(|t| !t.contains('.'))
+            || facts.privileges.iter().any(|p| p.unqualified());
         if unqualified && self.overflow {
             return Err(format!(
                 "the session set more than {MAX_SCHEMAS} schemas on its search_path; unqualified names are refused"

@@ -787,7 +787,20 @@ fn privileges_of_statements() {
         ("CREATE SCHEMA s", &["create on s.*"]),
         ("ALTER TABLE t ADD COLUMN b int", &["alter on t"]),
         ("DROP TABLE t, s.u", &["drop on t", "drop on s.u"]),
-        ("DROP SCHEMA s CASCADE", &["drop on s.*"]),
+        (
+            "DROP SCHEMA s CASCADE",
+            &[
+                "drop on the objects that depend on it (CASCADE)",
+                "drop on s.*",
+            ],
+        ),
+        (
+            "TRUNCATE a CASCADE",
+            &[
+                "truncate on a",
+                "truncate on the tables that reference it (CASCADE)",
+            ],
+        ),
         ("DROP ROLE bob", &["drop on role bob"]),
         ("GRANT SELECT ON t TO bob", &["grant on t"]),
         (
