@@ -631,7 +631,13 @@ impl TimeWindow {
 ///
 /// For a statement (`Action::Statement`), candidates are the rules without
 /// request conditions (connection-level rules apply to every statement) and the
-/// rules whose `sql` conditions all hold for the statement's facts. For
+/// deny, kill and approval rules whose `sql` conditions all hold for the
+/// statement's facts. Allow rules with `sql` conditions grant privileges
+/// (see [`grants`]): together they are an allow candidate when every privilege
+/// of the statement is granted by one of them, in force (workload, time window,
+/// `columns` and `where_less`); the decision then names the rule granting the
+/// first privilege and lists the grants used, and a refusal by `default-deny`
+/// gives the first privilege no rule grants as its `reason`. For
 /// `Action::Unparseable`, the target's `defaults.unparseable` decides: `deny`
 /// refuses with rule id [`UNPARSEABLE`]; `allow` decides it as a statement that
 /// matches no condition.
@@ -749,7 +755,8 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
     // every privilege it exercises is granted by one of them. Enforce-mode rules
     // decide; monitor-mode ones are reported as what would have happened. A
     // connection-level allow (which grants everything) decides on its own.
-    let mut grant_decision: Option<(Mode, Vec<grants::Grant>)> = None;
+    let mut enforce_grants: Option<Vec<grants::Grant>> = None;
+    let mut monitor_grants: Option<Vec<grants::Grant>> = None;
     let mut reason = None;
     if let Action::Statement(f) = req.action
         && !f.privileges.is_empty()
@@ -775,13 +782,13 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
         let ce = grants::cover(&f.privileges, &enforce);
         if ce.missing.is_empty() && !enforce.is_empty() {
             if best_enforce.is_none() {
-                grant_decision = Some((Mode::Enforce, to_grants(ce)));
+                enforce_grants = Some(to_grants(ce));
             }
         } else if best_enforce.is_none() {
             let ca = grants::cover(&f.privileges, &all);
             if ca.missing.is_empty() && !all.is_empty() {
                 if best_monitor.is_none() {
-                    grant_decision = Some((Mode::Monitor, to_grants(ca)));
+                    monitor_grants = Some(to_grants(ca));
                 }
                 if let Some(m) = ce.missing.first() {
                     reason = Some(format!("{m} is granted only by monitor-mode rules"));
@@ -806,7 +813,8 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
         .unwrap_or(Mode::Enforce);
     // The binding decision comes from enforce-mode rules, or from the default
     // (which follows the mode of the file defining the target).
-    let binding = match (best_enforce, &grant_decision) {
+    let binding_is_rule = best_enforce.is_some() || enforce_grants.is_some();
+    let binding = match (best_enforce, enforce_grants) {
         (Some(r), _) => Decision {
             outcome: match r.effect {
                 Effect::Allow => Outcome::Allow,
@@ -818,12 +826,12 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
             mode: Mode::Enforce,
             ..Decision::default()
         },
-        (None, Some((Mode::Enforce, g))) => Decision {
+        (None, Some(g)) => Decision {
             outcome: Outcome::Allow,
             decided: Effect::Allow,
             rule: g.first().map(|g| g.rule.clone()).unwrap_or_default(),
             mode: Mode::Enforce,
-            grants: g.clone(),
+            grants: g,
             ..Decision::default()
         },
         (None, _) => Decision {
@@ -835,15 +843,13 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
             decided: Effect::Deny,
             rule: DEFAULT_DENY.into(),
             mode: target_mode,
-            reason: reason.clone(),
+            reason,
             ..Decision::default()
         },
     };
-    let binding_is_rule =
-        best_enforce.is_some() || matches!(&grant_decision, Some((Mode::Enforce, _)));
     // Monitor-mode rules never change the outcome; when it is a pass, they say
     // what they would have decided (would_deny, would_hold, or their allow).
-    let reported = match (best_monitor, &grant_decision) {
+    let reported = match (best_monitor, monitor_grants) {
         (Some(m), _)
             if binding.outcome == Outcome::Allow
                 && (!binding_is_rule || m.effect > binding.decided) =>
@@ -856,12 +862,12 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
                 ..Decision::default()
             }
         }
-        (None, Some((Mode::Monitor, g))) if binding.outcome == Outcome::Allow => Decision {
+        (None, Some(g)) if binding.outcome == Outcome::Allow => Decision {
             outcome: Outcome::Allow,
             decided: Effect::Allow,
             rule: g.first().map(|g| g.rule.clone()).unwrap_or_default(),
             mode: Mode::Monitor,
-            grants: g.clone(),
+            grants: g,
             ..Decision::default()
         },
         _ => binding,
