@@ -305,12 +305,9 @@ impl CompiledSql {
     /// - a statement privilege needs its kind in `statements`; an unnamed object
     ///   needs a rule that lists no object.
     ///
-    /// A rule with neither `statements` nor any object list grants everything.
+    /// (An allow rule naming neither statements nor objects is refused when the
+    /// policy is loaded: it would grant nothing.)
     pub fn grants(&self, p: &Privilege, name: Option<&str>) -> bool {
-        let everything = self.statements.is_empty() && !self.lists_objects();
-        if everything {
-            return true;
-        }
         let action_ok = self.statements.is_empty() || self.statements.contains(&p.action);
         match &p.on {
             On::Statement => self.statements.contains(&p.action),

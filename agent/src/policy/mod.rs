@@ -1686,6 +1686,22 @@ impl CompiledPolicy {
                             .is_some_and(|s| *s == spec::KubernetesCondition::default()),
                         &[Protocol::Kubernetes],
                     );
+                    if let Some(s) = &w.sql
+                        && r.effect == Effect::Allow
+                        && *s != spec::SqlCondition::default()
+                        && s.statements.is_empty()
+                        && s.tables.is_empty()
+                        && s.tables_read.is_empty()
+                        && s.tables_written.is_empty()
+                        && s.functions.is_empty()
+                    {
+                        cx.err_key(
+                            fi,
+                            &format!("{wp}.sql"),
+                            format!("allow rule `{}` grants nothing: its `sql` names no statement, table or function", r.id),
+                            Some("an allow rule grants the privileges its `statements`, `tables`, `tables_read`, `tables_written` and `functions` name; `columns` and `where_less` only say when it is in force".into()),
+                        );
+                    }
                     if let Some(s) = &w.sql {
                         for (key, list) in [
                             ("tables", &s.tables),

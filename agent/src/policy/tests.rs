@@ -1441,3 +1441,33 @@ fn policy_check_warns_where_grants_change_an_allow_rule() {
         "{w:#?}"
     );
 }
+
+#[test]
+fn an_allow_rule_that_grants_nothing_is_refused() {
+    let text = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: app
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["192.0.2.10"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: app-where-clauses
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { columns: ["public.orders.id"], where_less: false } }
+"#;
+    let e = compile(text)
+        .expect_err("an allow that grants nothing")
+        .to_string();
+    assert!(
+        e.contains("allow rule `app-where-clauses` grants nothing: its `sql` names no statement, table or function"),
+        "{e}"
+    );
+    // As a deny condition it is meaningful.
+    assert!(compile(&text.replace("effect: allow", "effect: deny")).is_ok());
+}
