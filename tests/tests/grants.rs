@@ -155,6 +155,28 @@ fn a_least_privilege_policy_refuses_what_it_does_not_grant() {
         "{j:#}"
     );
     assert_eq!(j["outcome"], "refused", "{j:#}");
+    // The extended protocol (a driver's prepared statements) is decided the
+    // same way: the granted one runs, the join is refused when it is parsed.
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_pc-pgclient"));
+    let r = pg.tokio_client(
+        &unit,
+        &bin,
+        "app",
+        &serde_json::json!([
+            {"prepared": "SELECT item FROM public.orders WHERE id = $1", "params": [1]},
+            {"prepared": "SELECT o.item, a.ssn FROM public.orders o JOIN public.accounts a ON a.id = o.account_id WHERE o.id = $1", "params": [1]},
+        ]),
+    );
+    assert_eq!(r["failed_step"], 1, "{r:#}");
+    assert_eq!(r["sqlstate"], "42501", "{r:#}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("select on public.accounts is granted by no rule")),
+        "{r:#}"
+    );
+    assert!(r["steps"][0].to_string().contains("book"), "{r:#}");
+
     let d = record(&recs, cte_delete);
     assert_eq!(
         d["reason"], "delete on public.orders is granted by no rule",
