@@ -350,7 +350,7 @@ fn privileges(
     f: &super::StatementFacts,
 ) {
     let mut connection_allow = None;
-    let mut granting: Vec<(&str, &super::CompiledSql)> = Vec::new();
+    let mut granting: Vec<(String, &super::CompiledSql)> = Vec::new();
     for &ri in policy.rules_for(target) {
         let r = &policy.rules[ri];
         let matched = r
@@ -367,10 +367,19 @@ fn privileges(
             (None, _) => {
                 connection_allow.get_or_insert(r.id.as_str());
             }
-            (Some(_), Some(c)) if c.in_force(f) => granting.push((r.id.as_str(), c)),
+            (Some(_), Some(c)) if c.in_force(f) => granting.push((
+                match r.mode {
+                    Mode::Enforce => r.id.clone(),
+                    Mode::Monitor => format!("{} (monitor mode)", r.id),
+                },
+                c,
+            )),
             _ => {}
         }
     }
+    // As the decision does: enforce-mode grants first, then monitor-mode ones,
+    // each in load order.
+    granting.sort_by_key(|(id, _)| id.ends_with("(monitor mode)"));
     let _ = writeln!(
         s,
         "      privileges (each must be granted by an allow rule in force):"
