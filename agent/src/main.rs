@@ -270,6 +270,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     p.masks.len(),
                     p.hash
                 );
+                let warnings = policy::grants::migration_warnings(&p);
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                if !warnings.is_empty() {
+                    eprintln!(
+                        "  hint: these say what allow rules no longer allow since allow rules grant privileges (docs/policy-reference.md, \"Changing from the earlier meaning\"); review each once"
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errs) => {

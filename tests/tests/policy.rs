@@ -1,11 +1,13 @@
-//! Privileged end-to-end tests of policy behaviour on the real data path:
-//! monitor mode, and reloads under load.
+//! End-to-end tests of policy behaviour: on the real data path (privileged),
+//! monitor mode and reloads under load; through the real CLI, the SQL grants of
+//! the shipped policies.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use portcullis_tests::{
-    Agent, AgentOpts, Reply, Server, TempDir, TestCgroup, agent_bin, client, privileged,
+    Agent, AgentOpts, Reply, Server, TempDir, TestCgroup, agent_bin, agent_built, client,
+    privileged, repo_root,
 };
 use serde_json::Value;
 
@@ -239,4 +241,71 @@ fn a_workload_selected_by_executable_hash() {
     .output()
     .expect("bash");
     assert_ne!(String::from_utf8_lossy(&out.stdout), "ping");
+}
+
+/// The shipped policies through the real CLI: `policy check` warns about each
+/// allow rule whose meaning grants changed, `policy test` runs their SQL cases,
+/// and `policy explain --sql` names the privilege no rule grants.
+#[test]
+fn the_cli_reports_grants_on_the_shipped_policies() {
+    if !agent_built("the_cli_reports_grants_on_the_shipped_policies") {
+        return;
+    }
+    let policies = repo_root().join("policies");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(agent_bin())
+            .args(args)
+            .output()
+            .expect("run portcullis");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = policies.to_str().expect("utf-8 path");
+    let (ok, out, err) = run(&["policy", "check", dir]);
+    assert!(
+        ok && out.starts_with("ok: "),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("allow rule `ac6-payments-api-reads-and-writes` now grants privileges")
+            && l.contains("a JOIN, a subquery")),
+        "stderr:\n{err}"
+    );
+    let (ok, out, err) = run(&["policy", "test", dir]);
+    assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("PASS")
+            && out.contains("AC-6 a join with a table the service is not granted is refused"),
+        "{out}"
+    );
+    let (ok, out, err) = run(&[
+        "policy",
+        "explain",
+        "--policy",
+        dir,
+        "--workload",
+        "unit=payments-api.service,user=payments",
+        "--target",
+        "payments-db",
+        "--sql",
+        "SELECT p.amount, u.password_hash FROM public.payments p JOIN public.users u ON u.id = p.user_id",
+    ]);
+    assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("select on public.payments")
+            && out.contains("granted by ac6-payments-api-reads-and-writes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("select on public.users") && out.contains("MISSING: granted by no rule"),
+        "{out}"
+    );
+    assert!(
+        out.contains("select on public.users is granted by no rule"),
+        "{out}"
+    );
 }

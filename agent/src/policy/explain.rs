@@ -269,6 +269,7 @@ pub fn explain_sql(
             let _ = writeln!(s, "      columns:        {}", list(&f.columns));
             let _ = writeln!(s, "      functions:      {}", list(&f.functions));
             let _ = writeln!(s, "      where_less:     {}", f.where_less);
+            privileges(&mut s, policy, subject, t.id, now_unix, f);
             let _ = writeln!(s, "      rules:");
             for &ri in policy.rules_for(t.id) {
                 let r = &policy.rules[ri];
@@ -282,6 +283,13 @@ pub fn explain_sql(
                     "outside its time window".to_string()
                 } else if r.request_conditions.is_none() {
                     "no conditions: applies to every statement".to_string()
+                } else if let (Some(c), super::Effect::Allow) = (&r.sql, r.effect) {
+                    if c.in_force(f) {
+                        "grants privileges (see above)".to_string()
+                    } else {
+                        "not in force: its columns or where_less condition does not hold"
+                            .to_string()
+                    }
                 } else if let Some(c) = &r.sql {
                     let fields: Vec<String> = c
                         .field_results(f)
@@ -310,10 +318,15 @@ pub fn explain_sql(
         }
         let _ = writeln!(
             s,
-            "      decision: {} by rule {} → {}",
+            "      decision: {} by rule {} → {}{}",
             effect_name(d.decision.decided),
             d.decision.rule,
-            d.decision.label()
+            d.decision.label(),
+            d.decision
+                .reason
+                .as_ref()
+                .map(|r| format!("\n        {r}"))
+                .unwrap_or_default()
         );
     }
     let _ = writeln!(
@@ -324,4 +337,73 @@ pub fn explain_sql(
         m.decision.label()
     );
     Ok((s, m.decision))
+}
+
+/// The privileges of a statement, each with the allow rule in force that
+/// grants it, or `MISSING`.
+fn privileges(
+    s: &mut String,
+    policy: &CompiledPolicy,
+    subject: &Subject,
+    target: u32,
+    now_unix: u64,
+    f: &super::StatementFacts,
+) {
+    let mut connection_allow = None;
+    let mut granting: Vec<(String, &super::CompiledSql)> = Vec::new();
+    for &ri in policy.rules_for(target) {
+        let r = &policy.rules[ri];
+        let matched = r
+            .workloads
+            .iter()
+            .any(|w| policy.workloads[*w].selector.matches(subject));
+        if r.effect != super::Effect::Allow
+            || !matched
+            || r.time.as_ref().is_some_and(|w| !w.contains(now_unix))
+        {
+            continue;
+        }
+        match (&r.request_conditions, &r.sql) {
+            (None, _) => {
+                connection_allow.get_or_insert(r.id.as_str());
+            }
+            (Some(_), Some(c)) if c.in_force(f) => granting.push((
+                match r.mode {
+                    Mode::Enforce => r.id.clone(),
+                    Mode::Monitor => format!("{} (monitor mode)", r.id),
+                },
+                c,
+            )),
+            _ => {}
+        }
+    }
+    // As the decision does: enforce-mode grants first, then monitor-mode ones,
+    // each in load order.
+    granting.sort_by_key(|(id, _)| id.ends_with("(monitor mode)"));
+    let _ = writeln!(
+        s,
+        "      privileges (each must be granted by an allow rule in force):"
+    );
+    if let Some(id) = connection_allow {
+        let _ = writeln!(
+            s,
+            "        every privilege: granted by {id} (an allow with no `sql` conditions)"
+        );
+    }
+    for p in &f.privileges {
+        let names: Vec<Option<&str>> = if p.names().is_empty() {
+            vec![None]
+        } else {
+            p.names().iter().map(|n| Some(n.as_str())).collect()
+        };
+        for n in names {
+            let by = granting
+                .iter()
+                .find(|(_, c)| c.grants(p, n))
+                .map(|(id, _)| format!("granted by {id}"))
+                .or_else(|| connection_allow.map(|id| format!("granted by {id}")))
+                .unwrap_or_else(|| "MISSING: granted by no rule".to_string());
+            let _ = writeln!(s, "        {:<40} {by}", p.describe(n));
+        }
+    }
 }

@@ -10,7 +10,9 @@
 //! - `explain`: `portcullis policy explain`.
 
 pub mod bench;
+pub mod catalog;
 pub mod explain;
+pub mod grants;
 pub mod locate;
 pub mod spec;
 pub mod suggest;
@@ -327,6 +329,10 @@ pub struct StatementFacts {
     pub functions: Vec<String>,
     /// UPDATE or DELETE of every row (no WHERE, or a WHERE naming no column).
     pub where_less: bool,
+    /// The privileges the statement exercises, each an action on an object as
+    /// PostgreSQL checks them: what `allow` rules must grant, every one of them
+    /// (see [`grants`]).
+    pub privileges: Vec<grants::Privilege>,
 }
 
 /// What is being decided.
@@ -373,6 +379,29 @@ pub struct Decision {
     pub mode: Mode,
     /// Workload names whose selectors matched.
     pub workloads: Vec<String>,
+    /// Why, where the rule alone does not say: for a statement refused by
+    /// `default-deny`, the privilege no rule grants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For a statement allowed by grants: each privilege and the rule that
+    /// granted it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<grants::Grant>,
+}
+
+impl Default for Decision {
+    /// A refusal by `default-deny` in enforce mode: what is left when nothing else is said.
+    fn default() -> Self {
+        Decision {
+            outcome: Outcome::Deny,
+            decided: Effect::Deny,
+            rule: DEFAULT_DENY.into(),
+            mode: Mode::Enforce,
+            workloads: Vec::new(),
+            reason: None,
+            grants: Vec::new(),
+        }
+    }
 }
 
 impl Decision {
@@ -602,7 +631,13 @@ impl TimeWindow {
 ///
 /// For a statement (`Action::Statement`), candidates are the rules without
 /// request conditions (connection-level rules apply to every statement) and the
-/// rules whose `sql` conditions all hold for the statement's facts. For
+/// deny, kill and approval rules whose `sql` conditions all hold for the
+/// statement's facts. Allow rules with `sql` conditions grant privileges
+/// (see [`grants`]): together they are an allow candidate when every privilege
+/// of the statement is granted by one of them, in force (workload, time window,
+/// `columns` and `where_less`); the decision then names the rule granting the
+/// first privilege and lists the grants used, and a refusal by `default-deny`
+/// gives the first privilege no rule grants as its `reason`. For
 /// `Action::Unparseable`, the target's `defaults.unparseable` decides: `deny`
 /// refuses with rule id [`UNPARSEABLE`]; `allow` decides it as a statement that
 /// matches no condition.
@@ -627,7 +662,7 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
             decided: Effect::Deny,
             rule: UNPARSEABLE.into(),
             mode: t.mode,
-            workloads: Vec::new(),
+            ..Decision::default()
         };
     }
     // Selector results of the workloads examined (few: those the target's rules name).
@@ -635,6 +670,8 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
     // Best candidate among enforce-mode rules, and among monitor-mode rules.
     let mut best_enforce: Option<&Rule> = None;
     let mut best_monitor: Option<&Rule> = None;
+    // Allow rules with `sql` conditions in force for the statement: their grants.
+    let mut grant_rules: Vec<(&Rule, &CompiledSql)> = Vec::new();
     for &ri in policy
         .by_target
         .get(req.target as usize)
@@ -651,11 +688,24 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
                     continue;
                 }
             }
-            // A statement: connection-level rules apply to every statement; a rule
-            // with request conditions only when its `sql` conditions hold.
+            // A statement: connection-level rules apply to every statement; a
+            // deny, kill or approval rule with request conditions when its `sql`
+            // conditions hold (any listed kind, table, function...); an allow rule
+            // with `sql` conditions grants privileges (see below) when its filters
+            // (`columns`, `where_less`) hold.
             Action::Statement(f) => {
-                if r.request_conditions.is_some() && !r.sql.as_ref().is_some_and(|s| s.matches(f)) {
-                    continue;
+                if r.request_conditions.is_some() {
+                    let Some(sql) = r.sql.as_ref() else {
+                        continue;
+                    };
+                    let holds = if r.effect == Effect::Allow {
+                        sql.in_force(f)
+                    } else {
+                        sql.matches(f)
+                    };
+                    if !holds {
+                        continue;
+                    }
                 }
             }
             // Unparseable (with `defaults.unparseable: allow`): matches no condition.
@@ -686,6 +736,12 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
         if !any {
             continue;
         }
+        if let (Action::Statement(_), Effect::Allow, Some(sql)) = (req.action, r.effect, &r.sql)
+            && r.request_conditions.is_some()
+        {
+            grant_rules.push((r, sql));
+            continue;
+        }
         let slot = match r.mode {
             Mode::Enforce => &mut best_enforce,
             Mode::Monitor => &mut best_monitor,
@@ -693,6 +749,53 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
         // The most restrictive effect wins; among equals, load order.
         if slot.is_none_or(|b| r.effect > b.effect) {
             *slot = Some(r);
+        }
+    }
+    // Grants: the statement is allowed by allow rules with `sql` conditions when
+    // every privilege it exercises is granted by one of them. Enforce-mode rules
+    // decide; monitor-mode ones are reported as what would have happened. A
+    // connection-level allow (which grants everything) decides on its own.
+    let mut enforce_grants: Option<Vec<grants::Grant>> = None;
+    let mut monitor_grants: Option<Vec<grants::Grant>> = None;
+    let mut reason = None;
+    if let Action::Statement(f) = req.action
+        && !f.privileges.is_empty()
+    {
+        let enforce: Vec<(&str, &CompiledSql)> = grant_rules
+            .iter()
+            .filter(|(r, _)| r.mode == Mode::Enforce)
+            .map(|(r, s)| (r.id.as_str(), *s))
+            .collect();
+        let all: Vec<(&str, &CompiledSql)> = grant_rules
+            .iter()
+            .map(|(r, s)| (r.id.as_str(), *s))
+            .collect();
+        let to_grants = |c: grants::Coverage<'_>| -> Vec<grants::Grant> {
+            c.granted
+                .into_iter()
+                .map(|(privilege, rule)| grants::Grant {
+                    privilege,
+                    rule: rule.to_string(),
+                })
+                .collect()
+        };
+        let ce = grants::cover(&f.privileges, &enforce);
+        if ce.missing.is_empty() && !enforce.is_empty() {
+            if best_enforce.is_none() {
+                enforce_grants = Some(to_grants(ce));
+            }
+        } else if best_enforce.is_none() {
+            let ca = grants::cover(&f.privileges, &all);
+            if ca.missing.is_empty() && !all.is_empty() {
+                if best_monitor.is_none() {
+                    monitor_grants = Some(to_grants(ca));
+                }
+                if let Some(m) = ce.missing.first() {
+                    reason = Some(format!("{m} is granted only by monitor-mode rules"));
+                }
+            } else if let Some(m) = ca.missing.first() {
+                reason = Some(format!("{m} is granted by no rule"));
+            }
         }
     }
     // The workloads reported are those the target's rules name and that matched:
@@ -710,8 +813,9 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
         .unwrap_or(Mode::Enforce);
     // The binding decision comes from enforce-mode rules, or from the default
     // (which follows the mode of the file defining the target).
-    let binding = match best_enforce {
-        Some(r) => Decision {
+    let binding_is_rule = best_enforce.is_some() || enforce_grants.is_some();
+    let binding = match (best_enforce, enforce_grants) {
+        (Some(r), _) => Decision {
             outcome: match r.effect {
                 Effect::Allow => Outcome::Allow,
                 Effect::Deny | Effect::Kill => Outcome::Deny,
@@ -720,9 +824,17 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
             decided: r.effect,
             rule: r.id.clone(),
             mode: Mode::Enforce,
-            workloads: Vec::new(),
+            ..Decision::default()
         },
-        None => Decision {
+        (None, Some(g)) => Decision {
+            outcome: Outcome::Allow,
+            decided: Effect::Allow,
+            rule: g.first().map(|g| g.rule.clone()).unwrap_or_default(),
+            mode: Mode::Enforce,
+            grants: g,
+            ..Decision::default()
+        },
+        (None, _) => Decision {
             outcome: if target_mode == Mode::Enforce {
                 Outcome::Deny
             } else {
@@ -731,24 +843,33 @@ pub fn evaluate(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
             decided: Effect::Deny,
             rule: DEFAULT_DENY.into(),
             mode: target_mode,
-            workloads: Vec::new(),
+            reason,
+            ..Decision::default()
         },
     };
     // Monitor-mode rules never change the outcome; when it is a pass, they say
     // what they would have decided (would_deny, would_hold, or their allow).
-    let reported = match best_monitor {
-        Some(m)
+    let reported = match (best_monitor, monitor_grants) {
+        (Some(m), _)
             if binding.outcome == Outcome::Allow
-                && (best_enforce.is_none() || m.effect > binding.decided) =>
+                && (!binding_is_rule || m.effect > binding.decided) =>
         {
             Decision {
                 outcome: Outcome::Allow,
                 decided: m.effect,
                 rule: m.id.clone(),
                 mode: Mode::Monitor,
-                workloads: Vec::new(),
+                ..Decision::default()
             }
         }
+        (None, Some(g)) if binding.outcome == Outcome::Allow => Decision {
+            outcome: Outcome::Allow,
+            decided: Effect::Allow,
+            rule: g.first().map(|g| g.rule.clone()).unwrap_or_default(),
+            mode: Mode::Monitor,
+            grants: g,
+            ..Decision::default()
+        },
         _ => binding,
     };
     Decision {
@@ -1565,6 +1686,22 @@ impl CompiledPolicy {
                             .is_some_and(|s| *s == spec::KubernetesCondition::default()),
                         &[Protocol::Kubernetes],
                     );
+                    if let Some(s) = &w.sql
+                        && r.effect == Effect::Allow
+                        && *s != spec::SqlCondition::default()
+                        && s.statements.is_empty()
+                        && s.tables.is_empty()
+                        && s.tables_read.is_empty()
+                        && s.tables_written.is_empty()
+                        && s.functions.is_empty()
+                    {
+                        cx.err_key(
+                            fi,
+                            &format!("{wp}.sql"),
+                            format!("allow rule `{}` grants nothing: its `sql` names no statement, table or function", r.id),
+                            Some("an allow rule grants the privileges its `statements`, `tables`, `tables_read`, `tables_written` and `functions` name; `columns` and `where_less` only say when it is in force".into()),
+                        );
+                    }
                     if let Some(s) = &w.sql {
                         for (key, list) in [
                             ("tables", &s.tables),

@@ -333,25 +333,33 @@ pub enum StatementKind {
     Other,
 }
 
+/// Conditions on SQL statements. On a deny, kill or require_approval rule: every
+/// field given must hold (any listed value matching is enough). On an allow
+/// rule: the privileges it grants (`statements` the actions, the table lists and
+/// `functions` the objects); a statement runs only if every privilege it
+/// exercises is granted.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlCondition {
+    /// Statement kinds; on an allow rule, the actions granted (every action when absent).
     #[serde(default)]
     pub statements: Vec<StatementKind>,
-    /// Tables read or written (`schema.table`, globs).
+    /// Tables read or written (`schema.table`, globs); on an allow rule, granted for every action listed.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Tables read; on an allow rule, granted for `select`.
     #[serde(default)]
     pub tables_read: Vec<String>,
+    /// Tables written; on an allow rule, granted for the actions other than `select`.
     #[serde(default)]
     pub tables_written: Vec<String>,
-    /// Columns (`schema.table.column`, globs).
+    /// Columns (`schema.table.column`, globs); on an allow rule, when it is in force.
     #[serde(default)]
     pub columns: Vec<String>,
-    /// Functions called (globs, e.g. `pg_read_*`).
+    /// Functions called (globs, e.g. `pg_read_*`); on an allow rule, the functions whose execution is granted.
     #[serde(default)]
     pub functions: Vec<String>,
-    /// UPDATE or DELETE without a WHERE clause.
+    /// UPDATE or DELETE without a WHERE clause; on an allow rule, when it is in force.
     pub where_less: Option<bool>,
 }
 

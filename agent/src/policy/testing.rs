@@ -342,7 +342,7 @@ pub fn run_text(policy: &CompiledPolicy, file: &Path, text: &str, report: &mut T
             });
         } else {
             report.cases.push(fail(format!(
-                "expected effect {}{}{}, got {} (decided {} by rule {}, mode {:?}; matched workloads: {})",
+                "expected effect {}{}{}, got {} (decided {} by rule {}, mode {:?}; matched workloads: {}){}",
                 super::effect_name(case.expect.effect),
                 case.expect.rule.as_ref().map(|r| format!(" by rule {r}")).unwrap_or_default(),
                 case.expect.outcome.map(|o| format!(", outcome {o:?}").to_lowercase()).unwrap_or_default(),
@@ -350,7 +350,8 @@ pub fn run_text(policy: &CompiledPolicy, file: &Path, text: &str, report: &mut T
                 super::effect_name(d.decided),
                 d.rule,
                 d.mode,
-                if d.workloads.is_empty() { "none".to_string() } else { d.workloads.join(", ") }
+                if d.workloads.is_empty() { "none".to_string() } else { d.workloads.join(", ") },
+                d.reason.as_ref().map(|r| format!("; {r}")).unwrap_or_default()
             )));
         }
     }

@@ -726,35 +726,53 @@ fn misspelt_names_get_a_suggestion() {
 }
 
 /// Every ```yaml block in the policy docs is a complete policy file that compiles,
-/// so the examples readers copy are never stale.
+/// so the examples readers copy are never stale; every ```yaml policy-test block
+/// is a policy test file whose tests pass against the policy block before it, so
+/// the decisions the docs state are the decisions the agent makes.
 #[test]
 fn documentation_examples_compile() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
     let mut checked = 0;
+    let mut tests_run = 0;
     for name in ["policy-reference.md", "policy-rollout.md"] {
         let path = docs.join(name);
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut in_yaml = false;
+        // (is a policy-test block, text, first line)
+        let mut open: Option<bool> = None;
         let mut block = String::new();
         let mut start = 0;
+        let mut last_policy: Option<CompiledPolicy> = None;
         for (i, line) in text.lines().enumerate() {
-            if !in_yaml && line.trim_start() == "```yaml" {
-                in_yaml = true;
+            let fence = line.trim_start();
+            if open.is_none() && (fence == "```yaml" || fence == "```yaml policy-test") {
+                open = Some(fence == "```yaml policy-test");
                 block.clear();
                 start = i + 2;
-            } else if in_yaml && line.trim_start() == "```" {
-                in_yaml = false;
+            } else if open.is_some() && fence == "```" {
                 let file = PathBuf::from(format!("{name}:{start}"));
-                if let Err(e) =
-                    CompiledPolicy::from_sources_with(&[(file, block.clone())], &fake_dns)
-                {
-                    panic!(
-                        "{name}: the yaml example starting at line {start} does not compile:\n{e}"
+                if open == Some(true) {
+                    let p = last_policy.as_ref().unwrap_or_else(|| {
+                        panic!("{name}:{start}: a policy-test block with no policy block before it")
+                    });
+                    let mut report = testing::TestReport::default();
+                    testing::run_text(p, &file, &block, &mut report);
+                    assert!(
+                        report.ok() && report.passed() > 0,
+                        "{name}: the policy tests starting at line {start} fail:\n{report}"
                     );
+                    tests_run += report.passed();
+                } else {
+                    match CompiledPolicy::from_sources_with(&[(file, block.clone())], &fake_dns) {
+                        Ok(p) => last_policy = Some(p),
+                        Err(e) => panic!(
+                            "{name}: the yaml example starting at line {start} does not compile:\n{e}"
+                        ),
+                    }
+                    checked += 1;
                 }
-                checked += 1;
-            } else if in_yaml {
+                open = None;
+            } else if open.is_some() {
                 block.push_str(line);
                 block.push('\n');
             }
@@ -763,6 +781,10 @@ fn documentation_examples_compile() {
     assert!(
         checked >= 5,
         "expected the policy docs to carry examples, found {checked}"
+    );
+    assert!(
+        tests_run >= 8,
+        "expected the policy docs to carry policy tests, ran {tests_run}"
     );
 }
 
@@ -909,6 +931,10 @@ rules:
 fn facts(kinds: &[spec::StatementKind]) -> StatementFacts {
     StatementFacts {
         kinds: kinds.to_vec(),
+        privileges: kinds
+            .iter()
+            .map(|k| grants::Privilege::statement(*k))
+            .collect(),
         ..Default::default()
     }
 }
@@ -1171,4 +1197,277 @@ tests:
     assert_eq!(d.rule, "no-file-reads");
     assert!(text.contains("functions ✓"), "{text}");
     assert!(text.contains("dangerous: pg_read_file"), "{text}");
+}
+
+const GRANTS_POLICY: &str = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: app
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["192.0.2.10"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: app-reads-orders
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [select], tables_read: ["public.orders"] } }
+  - id: app-session
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [begin, commit] } }
+  - id: app-copies
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [copy], tables_read: ["public.*"] } }
+  - id: app-writes-items
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [update, delete], tables_written: ["public.items"] } }
+  - id: app-calls
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { functions: ["public.audit_*"] } }
+"#;
+
+fn privileges(ps: &[(spec::StatementKind, Option<&str>)]) -> Vec<grants::Privilege> {
+    ps.iter()
+        .map(|(k, n)| match n {
+            None => grants::Privilege::statement(*k),
+            Some(n) => grants::Privilege::table(*k, n.to_string()),
+        })
+        .collect()
+}
+
+#[test]
+fn an_allow_rule_grants_each_privilege_it_names() {
+    use spec::StatementKind as K;
+    let p = compile(GRANTS_POLICY).expect("valid");
+    let with = |ps: &[(K, Option<&str>)]| StatementFacts {
+        kinds: vec![ps[0].0],
+        privileges: privileges(ps),
+        ..Default::default()
+    };
+    // Every privilege granted, by one rule or several.
+    let d = decide(
+        &p,
+        1000,
+        0,
+        Action::Statement(&with(&[(K::Select, Some("public.orders"))])),
+    );
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "app-reads-orders")
+    );
+    let f = with(&[
+        (K::Delete, Some("public.items")),
+        (K::Select, Some("public.orders")),
+    ]);
+    let d = decide(&p, 1000, 0, Action::Statement(&f));
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (Outcome::Allow, "app-writes-items")
+    );
+    assert_eq!(d.grants.len(), 2, "{d:?}");
+    // One privilege missing: refused by the default, saying which.
+    let f = with(&[
+        (K::Select, Some("public.orders")),
+        (K::Select, Some("public.customers")),
+    ]);
+    let d = decide(&p, 1000, 0, Action::Statement(&f));
+    assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Deny, DEFAULT_DENY));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("select on public.customers is granted by no rule")
+    );
+    // The action must be listed: update on orders is not granted by the select rule.
+    let f = with(&[(K::Update, Some("public.orders"))]);
+    assert_eq!(
+        decide(&p, 1000, 0, Action::Statement(&f)).rule,
+        DEFAULT_DENY
+    );
+    // tables_written does not grant select: an UPDATE ... WHERE reads its table.
+    let f = with(&[
+        (K::Update, Some("public.items")),
+        (K::Select, Some("public.items")),
+    ]);
+    let d = decide(&p, 1000, 0, Action::Statement(&f));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("select on public.items is granted by no rule")
+    );
+    // A kind touching nothing needs only the kind: SELECT 1, BEGIN.
+    for k in [K::Select, K::Begin] {
+        let d = decide(&p, 1000, 0, Action::Statement(&with(&[(k, None)])));
+        assert_eq!(d.outcome, Outcome::Allow, "{k:?}: {d:?}");
+    }
+    // `statements: [copy]` grants the copy statement, not reading the tables.
+    let f = with(&[(K::Copy, None), (K::Select, Some("public.items"))]);
+    let d = decide(&p, 1000, 0, Action::Statement(&f));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("select on public.items is granted by no rule")
+    );
+    // `functions` grants execution only, by qualified glob.
+    let call = |n: &str| StatementFacts {
+        kinds: vec![K::Select],
+        privileges: vec![
+            grants::Privilege::statement(K::Select),
+            grants::Privilege::function(n.into()),
+        ],
+        ..Default::default()
+    };
+    let d = decide(&p, 1000, 0, Action::Statement(&call("public.audit_log")));
+    assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
+    let d = decide(&p, 1000, 0, Action::Statement(&call("other.audit_log")));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("execute other.audit_log is granted by no rule")
+    );
+    // An unnamed object needs a rule that lists no object.
+    let f = StatementFacts {
+        kinds: vec![K::Drop],
+        privileges: vec![grants::Privilege::unnamed(K::Drop, "role bob")],
+        ..Default::default()
+    };
+    assert_eq!(
+        decide(&p, 1000, 0, Action::Statement(&f)).rule,
+        DEFAULT_DENY
+    );
+    // An empty privilege list (a message with no statement) is granted by
+    // connection-level rules only, never vacuously.
+    let d = decide(&p, 1000, 0, Action::Statement(&StatementFacts::default()));
+    assert_eq!(d.rule, DEFAULT_DENY);
+}
+
+#[test]
+fn monitor_mode_grants_are_reported_not_enforced() {
+    use spec::StatementKind as K;
+    let base = r#"
+apiVersion: portcullis.dev/v1
+mode: MODE
+workloads:
+  - name: app
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["192.0.2.10"]
+    ports: [5432]
+    protocol: postgres
+"#;
+    let monitor_rules = r#"
+apiVersion: portcullis.dev/v1
+mode: monitor
+rules:
+  - id: watch-reads
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [select] } }
+"#;
+    let f = StatementFacts {
+        kinds: vec![K::Select],
+        privileges: privileges(&[(K::Select, Some("public.orders"))]),
+        ..Default::default()
+    };
+    for (mode, outcome, rule) in [
+        ("enforce", Outcome::Deny, DEFAULT_DENY),
+        ("monitor", Outcome::Allow, "watch-reads"),
+    ] {
+        let p = CompiledPolicy::from_sources_with(
+            &[
+                (PathBuf::from("a.yaml"), base.replace("MODE", mode)),
+                (PathBuf::from("b.yaml"), monitor_rules.to_string()),
+            ],
+            &fake_dns,
+        )
+        .expect("valid");
+        let d = decide(&p, 1000, 0, Action::Statement(&f));
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (outcome, rule),
+            "{mode}: {d:?}"
+        );
+        if mode == "enforce" {
+            assert_eq!(
+                d.reason.as_deref(),
+                Some("select on public.orders is granted only by monitor-mode rules")
+            );
+        }
+    }
+}
+
+#[test]
+fn policy_check_warns_where_grants_change_an_allow_rule() {
+    let p = compile(GRANTS_POLICY).expect("valid");
+    let w = grants::migration_warnings(&p);
+    let of = |id: &str| {
+        w.iter()
+            .find(|x| x.contains(&format!("rule `{id}`")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        of("app-reads-orders").contains("every other table it reads or writes"),
+        "{w:#?}"
+    );
+    assert!(of("app-reads-orders").contains("kinds [select]"), "{w:#?}");
+    // Session statements only: their meaning did not change.
+    assert_eq!(of("app-session"), "", "{w:#?}");
+    assert!(
+        of("app-copies").contains("its table lists grant nothing"),
+        "{w:#?}"
+    );
+    assert!(
+        of("app-writes-items").contains("select on it must be granted too"),
+        "{w:#?}"
+    );
+    assert!(
+        of("app-calls").contains("execution of those functions only"),
+        "{w:#?}"
+    );
+    // Connection-level rules and deny rules: no warning.
+    let p = compile(SQL_POLICY).expect("valid");
+    let w = grants::migration_warnings(&p);
+    assert!(
+        w.iter().all(|x| x.contains("rule `ops-selects-only`")),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn an_allow_rule_that_grants_nothing_is_refused() {
+    let text = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: app
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["192.0.2.10"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: app-where-clauses
+    workloads: [app]
+    targets: [pg]
+    effect: allow
+    when: { sql: { columns: ["public.orders.id"], where_less: false } }
+"#;
+    let e = compile(text)
+        .expect_err("an allow that grants nothing")
+        .to_string();
+    assert!(
+        e.contains("allow rule `app-where-clauses` grants nothing: its `sql` names no statement, table or function"),
+        "{e}"
+    );
+    // As a deny condition it is meaningful.
+    assert!(compile(&text.replace("effect: allow", "effect: deny")).is_ok());
 }

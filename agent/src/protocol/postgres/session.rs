@@ -1217,7 +1217,7 @@ impl Session<'_> {
                     decided: policy::spec::Effect::Deny,
                     rule: AUDIT_UNAVAILABLE.into(),
                     mode: policy::Mode::Enforce,
-                    workloads: Vec::new(),
+                    ..Decision::default()
                 },
                 hash,
             );
@@ -1229,7 +1229,7 @@ impl Session<'_> {
                     decided: policy::spec::Effect::Deny,
                     rule: "no-target".into(),
                     mode: policy::Mode::Enforce,
-                    workloads: Vec::new(),
+                    ..Decision::default()
                 },
                 hash,
             );
@@ -1286,7 +1286,7 @@ impl Session<'_> {
                     decided: policy::spec::Effect::Deny,
                     rule: "no-target".into(),
                     mode: policy::Mode::Enforce,
-                    workloads: Vec::new(),
+                    ..Decision::default()
                 },
                 policy_hash,
                 protocol,
@@ -1315,7 +1315,7 @@ impl Session<'_> {
                     decided: policy::spec::Effect::Deny,
                     rule: rule.into(),
                     mode: policy::Mode::Enforce,
-                    workloads: Vec::new(),
+                    ..Decision::default()
                 };
                 let pinned = info.as_ref().and_then(|i| i.pinned_setting.clone());
                 let (decision, parse_error) = if audit_down {
@@ -1361,7 +1361,7 @@ impl Session<'_> {
                 decided: policy::spec::Effect::Deny,
                 rule: rule.into(),
                 mode: policy::Mode::Enforce,
-                workloads: Vec::new(),
+                ..Decision::default()
             },
             policy_hash,
             protocol,
@@ -1424,8 +1424,13 @@ impl Session<'_> {
                     .unwrap_or("unknown prepared statement")
             ),
             _ => format!(
-                "Portcullis: statement refused by rule `{rule}` (target {})",
-                self.ctx.target.name
+                "Portcullis: statement refused by rule `{rule}` (target {}){}",
+                self.ctx.target.name,
+                s.decision
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             ),
         }
     }
@@ -1480,6 +1485,12 @@ impl Session<'_> {
         }
         m.insert("decision".into(), s.decision.label().into());
         m.insert("rule".into(), s.decision.rule.clone().into());
+        if let Some(r) = &s.decision.reason {
+            m.insert("reason".into(), r.clone().into());
+        }
+        if !s.decision.grants.is_empty() {
+            m.insert("grants".into(), json!(s.decision.grants));
+        }
         m.insert("mode".into(), json!(s.decision.mode));
         m.insert("policy_hash".into(), s.policy_hash.to_string().into());
         m.insert("outcome".into(), outcome.into());

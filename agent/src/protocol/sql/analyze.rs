@@ -13,6 +13,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 use crate::policy::StatementFacts;
+use crate::policy::catalog::is_catalog_function;
+use crate::policy::grants::{self, On, Privilege};
 use crate::policy::spec::StatementKind as K;
 
 /// What one text holds.
@@ -200,6 +202,108 @@ const DANGEROUS_FUNCTIONS: &[&str] = &[
 /// Prefixes of dangerous function families.
 const DANGEROUS_PREFIXES: &[&str] = &["dblink", "pg_logical_slot_", "pg_replication_origin_"];
 
+/// Built-in functions whose execution is a privilege besides the dangerous ones:
+/// they change state outside the tables a statement names (sequences, large
+/// objects, notifications, statistics, indexes, WAL) or act on the server.
+const PRIVILEGED_BUILTINS: &[&str] = &[
+    "nextval",
+    "setval",
+    "loread",
+    "lowrite",
+    "pg_notify",
+    "pg_logical_emit_message",
+    "pg_log_backend_memory_contexts",
+    "pg_import_system_collations",
+    "brin_summarize_new_values",
+    "brin_summarize_range",
+    "brin_desummarize_range",
+    "gin_clean_pending_list",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+];
+
+/// Prefixes of privileged built-in families (large objects, statistics resets,
+/// replication slots and origins, server files).
+const PRIVILEGED_BUILTIN_PREFIXES: &[&str] = &[
+    "lo_",
+    "pg_stat_reset",
+    "pg_create_",
+    "pg_drop_",
+    "pg_copy_",
+    "pg_read_",
+    "pg_ls_",
+    "pg_replication_",
+    "pg_logical_slot_",
+];
+
+/// SQL constructs written like function calls that are not functions of
+/// `pg_catalog` (the parser turns them into expressions of their own).
+const SQL_FUNCTION_SYNTAX: &[&str] = &[
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "session_user",
+    "system_user",
+    "user",
+    "current_catalog",
+    "grouping",
+    "xmlconcat",
+    "xmlelement",
+    "xmlexists",
+    "xmlforest",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
+    "row",
+];
+
+/// How a call of `name` (folded, as written) counts as a privilege:
+/// - a harmless built-in (a `pg_catalog` function, or SQL syntax written like a
+///   call), unqualified or qualified `pg_catalog.`: no privilege;
+/// - a privileged built-in (dangerous, or changing state: see
+///   [`PRIVILEGED_BUILTINS`]): `execute pg_catalog.<name>`;
+/// - anything else is user-defined: `execute <name>`, qualified as written or,
+///   unqualified, by the session's search_path.
+fn function_privilege(name: &str) -> Option<Privilege> {
+    let (schema, bare) = match name.rsplit_once('.') {
+        Some((s, b)) => (Some(s), b),
+        None => (None, name),
+    };
+    let builtin_scope = schema.is_none_or(|s| s == "pg_catalog");
+    if builtin_scope && is_catalog_function(bare) {
+        let privileged = is_dangerous_function(bare)
+            || PRIVILEGED_BUILTINS.contains(&bare)
+            || PRIVILEGED_BUILTIN_PREFIXES
+                .iter()
+                .any(|p| bare.starts_with(p));
+        if schema.is_none() {
+            // Unqualified: the built-in unless the search_path puts another
+            // schema before pg_catalog (decided when the session qualifies it).
+            return Some(Privilege {
+                action: K::Call,
+                on: On::Builtin {
+                    name: bare.to_string(),
+                    privileged,
+                },
+            });
+        }
+        return privileged.then(|| Privilege::function(format!("pg_catalog.{bare}")));
+    }
+    if schema.is_none() && SQL_FUNCTION_SYNTAX.contains(&bare) {
+        return None;
+    }
+    Some(Privilege::function(name.to_string()))
+}
+
 fn is_dangerous_function(unqualified: &str) -> bool {
     DANGEROUS_FUNCTIONS.contains(&unqualified)
         || DANGEROUS_PREFIXES
@@ -263,6 +367,11 @@ fn push_kind(v: &mut Vec<K>, k: K) {
 struct Collector {
     facts: StatementFacts,
     dangerous: Vec<String>,
+    /// What the statement exercises (`facts.privileges` when finished).
+    privileges: Vec<Privilege>,
+    /// A query locks rows (`FOR UPDATE`, `FOR SHARE`, ...), which PostgreSQL
+    /// allows only with `update` on the tables it locks.
+    locks_rows: bool,
     /// The nested statement does not run (plain EXPLAIN): its writes are reported
     /// as reads and its kinds are not added.
     executes: bool,
@@ -294,6 +403,8 @@ impl Collector {
         Collector {
             facts: StatementFacts::default(),
             dangerous: Vec::new(),
+            privileges: Vec::new(),
+            locks_rows: false,
             executes,
             root: addr(root),
             targets: HashSet::new(),
@@ -373,8 +484,23 @@ impl Collector {
         self.scopes.last().is_some_and(|s| s.contains(&name))
     }
 
+    /// A table read by the statement (`select` on it).
     fn read(&mut self, t: String) {
+        self.privilege(K::Select, t.clone());
         push_unique(&mut self.facts.tables_read, t);
+    }
+
+    /// The privilege of `action` on table `t`. A statement that does not run
+    /// (plain EXPLAIN) only reads what it names.
+    fn privilege(&mut self, action: K, t: String) {
+        let action = if self.executes { action } else { K::Select };
+        grants::push(&mut self.privileges, Privilege::table(action, t));
+    }
+
+    /// An object the analysis does not name (a role, a database, every table).
+    fn unnamed(&mut self, action: K, what: &str) {
+        let action = if self.executes { action } else { K::Select };
+        grants::push(&mut self.privileges, Privilege::unnamed(action, what));
     }
 
     fn written(&mut self, t: String) {
@@ -403,6 +529,9 @@ impl Collector {
         if is_dangerous_function(&bare) {
             push_unique(&mut self.dangerous, bare.clone());
         }
+        if let Some(p) = function_privilege(&name) {
+            grants::push(&mut self.privileges, p);
+        }
         if let Some(rest) = name.strip_prefix("pg_catalog.") {
             push_unique(&mut self.facts.functions, rest.to_string());
         }
@@ -410,23 +539,34 @@ impl Collector {
     }
 
     /// A dangerous feature (not a function call): reported in `dangerous` and, so
-    /// that a `functions` condition can refuse it, among the functions too.
+    /// that a `functions` condition can refuse it, among the functions too; its
+    /// use is a privilege under its own name (`execute copy_program`).
     fn danger(&mut self, what: &str) {
         push_unique(&mut self.dangerous, what.to_string());
         push_unique(&mut self.facts.functions, what.to_string());
+        grants::push(&mut self.privileges, Privilege::function(what.to_string()));
     }
 
-    /// The DML target table factor: written (and read when the statement reads it).
-    fn target_factor(&mut self, tf: &TableFactor, reads: bool) {
+    /// The DML target table factor: written with `actions` (and read when the
+    /// statement reads it). Anything but a plain table as the target is not
+    /// decomposed: an unnamed object.
+    fn target_factor(&mut self, tf: &TableFactor, actions: &[K], reads: bool) {
         if let TableFactor::Table { name, alias, .. } = tf {
             self.targets.insert(addr(tf));
             let t = table_name(name);
             if let Some(a) = alias {
                 self.aliases.push((fold(&a.name), t.clone()));
             }
+            for a in actions {
+                self.privilege(*a, t.clone());
+            }
             self.written(t.clone());
             if reads {
                 self.read(t);
+            }
+        } else {
+            for a in actions {
+                self.unnamed(*a, "a target the agent does not analyse");
             }
         }
     }
@@ -444,18 +584,46 @@ impl Collector {
                     if let Some(a) = &i.table_alias {
                         self.aliases.push((fold(a), t.clone()));
                     }
+                    self.privilege(K::Insert, t.clone());
+                    // ON CONFLICT DO UPDATE updates the conflicting rows.
+                    if let Some(ast::OnInsert::OnConflict(oc)) = &i.on
+                        && matches!(oc.action, ast::OnConflictAction::DoUpdate(_))
+                    {
+                        self.privilege(K::Update, t.clone());
+                    }
+                    if let Some(ast::OnInsert::DuplicateKeyUpdate(_)) = &i.on {
+                        self.privilege(K::Update, t.clone());
+                    }
                     self.written(t.clone());
                     if i.returning.is_some() || i.on.is_some() {
                         self.read(t);
                     }
+                } else {
+                    self.unnamed(K::Insert, "a target the agent does not analyse");
                 }
             }
             Statement::Update(u) => {
                 if !top {
                     self.kind(K::Update);
                 }
-                let reads = u.selection.is_some() || u.returning.is_some();
-                self.target_factor(&u.table.relation, reads);
+                // The target is read by a WHERE, a RETURNING, or a SET reading
+                // columns (`SET a = b`).
+                let mut set_reads = false;
+                for a in &u.assignments {
+                    let _ = ast::visit_expressions(&a.value, |x| {
+                        if matches!(x, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                            set_reads = true;
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
+                }
+                let reads = u.selection.is_some() || u.returning.is_some() || set_reads;
+                self.target_factor(&u.table.relation, &[K::Update], reads);
+                for j in &u.table.joins {
+                    self.target_factor(&j.relation, &[K::Update], reads);
+                }
                 if self.executes && where_less(u.selection.as_ref()) {
                     self.facts.where_less = true;
                 }
@@ -469,9 +637,10 @@ impl Collector {
                     FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => v,
                 };
                 for twj in from {
-                    self.target_factor(&twj.relation, reads);
+                    self.target_factor(&twj.relation, &[K::Delete], reads);
                 }
                 for n in &d.tables {
+                    self.privilege(K::Delete, table_name(n));
                     self.written(table_name(n));
                 }
                 if self.executes && where_less(d.selection.as_ref()) {
@@ -482,11 +651,27 @@ impl Collector {
                 if !top {
                     self.kind(K::Merge);
                 }
-                self.target_factor(&m.table, true);
+                // The actions of its WHEN clauses, on the target it always reads.
+                let mut actions = Vec::new();
+                for c in &m.clauses {
+                    let a = match c.action {
+                        ast::MergeAction::Insert(_) => K::Insert,
+                        ast::MergeAction::Update(_) => K::Update,
+                        ast::MergeAction::Delete { .. } => K::Delete,
+                    };
+                    if !actions.contains(&a) {
+                        actions.push(a);
+                    }
+                }
+                self.target_factor(&m.table, &actions, true);
             }
             Statement::Truncate(t) => {
                 for n in &t.table_names {
+                    self.privilege(K::Truncate, table_name(&n.name));
                     self.written(table_name(&n.name));
+                }
+                if matches!(t.cascade, Some(ast::CascadeOption::Cascade)) {
+                    self.unnamed(K::Truncate, "the tables that reference it (CASCADE)");
                 }
             }
             Statement::Copy {
@@ -497,6 +682,7 @@ impl Collector {
                         if *to {
                             self.read(table_name(n));
                         } else {
+                            self.privilege(K::Insert, table_name(n));
                             self.written(table_name(n));
                         }
                     }
@@ -509,17 +695,50 @@ impl Collector {
                 }
             }
             Statement::CreateTable(c) => {
+                self.privilege(K::Create, table_name(&c.name));
+                // LIKE, INHERITS, PARTITION OF: other tables the new one is made
+                // from, which the analysis does not follow.
+                if c.like.is_some()
+                    || c.inherits.is_some()
+                    || c.partition_of.is_some()
+                    || c.clone.is_some()
+                {
+                    self.unnamed(K::Create, "a table it copies or inherits from");
+                }
                 self.written(table_name(&c.name));
                 if c.query.is_some() {
                     self.kind(K::Select);
                 }
             }
-            Statement::CreateView(v) => self.written(table_name(&v.name)),
-            Statement::CreateIndex(i) => self.written(table_name(&i.table_name)),
-            Statement::AlterTable(a) => self.written(table_name(&a.name)),
-            Statement::AlterView { name, .. } => self.written(table_name(name)),
-            Statement::AlterIndex { name, .. } => self.written(table_name(name)),
+            Statement::CreateView(v) => {
+                // The view reads its query's tables with the privileges of its
+                // owner, the session's role: those reads are exercised here.
+                self.privilege(K::Create, table_name(&v.name));
+                self.written(table_name(&v.name));
+            }
+            Statement::CreateIndex(i) => {
+                self.privilege(K::Create, table_name(&i.table_name));
+                self.written(table_name(&i.table_name));
+            }
+            Statement::AlterTable(a) => {
+                self.privilege(K::Alter, table_name(&a.name));
+                self.written(table_name(&a.name));
+            }
+            Statement::AlterView { name, .. } | Statement::AlterIndex { name, .. } => {
+                self.privilege(K::Alter, table_name(name));
+                self.written(table_name(name));
+            }
+            Statement::CreateFunction(f) => self.privilege(K::Create, table_name(&f.name)),
+            Statement::CreateSequence { name, .. } | Statement::CreateType { name, .. } => {
+                self.privilege(K::Create, table_name(name))
+            }
+            Statement::DropFunction(d) => {
+                for f in &d.func_desc {
+                    self.privilege(K::Drop, table_name(&f.name));
+                }
+            }
             Statement::CreateTrigger(t) => {
+                self.privilege(K::Create, table_name(&t.table_name));
                 self.written(table_name(&t.table_name));
                 if let Some(b) = &t.exec_body {
                     self.function(&b.func_desc.name);
@@ -527,6 +746,7 @@ impl Collector {
             }
             Statement::DropTrigger(t) => {
                 if let Some(n) = &t.table_name {
+                    self.privilege(K::Drop, table_name(n));
                     self.written(table_name(n));
                 }
             }
@@ -534,37 +754,79 @@ impl Collector {
                 object_type,
                 names,
                 table,
+                cascade,
                 ..
             } => {
+                if *cascade {
+                    self.unnamed(K::Drop, "the objects that depend on it (CASCADE)");
+                }
                 for n in names {
                     match object_type {
-                        ObjectType::Schema => self.written(format!("{}.*", name_of(n))),
-                        _ => self.written(table_name(n)),
+                        ObjectType::Schema => {
+                            self.privilege(K::Drop, format!("{}.*", name_of(n)));
+                            self.written(format!("{}.*", name_of(n)));
+                        }
+                        ObjectType::Table
+                        | ObjectType::View
+                        | ObjectType::MaterializedView
+                        | ObjectType::Index
+                        | ObjectType::Sequence
+                        | ObjectType::Type => {
+                            self.privilege(K::Drop, table_name(n));
+                            self.written(table_name(n));
+                        }
+                        // Roles, databases, extensions, ...: not objects in a schema.
+                        other => {
+                            self.unnamed(
+                                K::Drop,
+                                &format!("{other} {}", name_of(n)).to_lowercase(),
+                            );
+                            self.written(table_name(n));
+                        }
                     }
                 }
                 if let Some(t) = table {
+                    self.privilege(K::Drop, table_name(t));
                     self.written(table_name(t));
                 }
             }
             Statement::CreateSchema { schema_name, .. } => {
+                self.privilege(K::Create, format!("{}.*", schema_name_str(schema_name)));
                 self.written(format!("{}.*", schema_name_str(schema_name)));
             }
-            Statement::Grant(g) => self.grant_objects(g.objects.as_ref()),
-            Statement::Revoke(r) => self.grant_objects(r.objects.as_ref()),
-            Statement::Vacuum(v) => {
-                if let Some(n) = &v.table_name {
+            Statement::Grant(g) => self.grant_objects(K::Grant, g.objects.as_ref()),
+            Statement::Revoke(r) => self.grant_objects(K::Revoke, r.objects.as_ref()),
+            Statement::Vacuum(v) => match &v.table_name {
+                Some(n) => {
+                    self.privilege(K::Vacuum, table_name(n));
                     self.written(table_name(n));
                 }
-            }
-            Statement::Analyze(a) => {
-                if let Some(n) = &a.table_name {
-                    self.read(table_name(n));
+                None => self.unnamed(K::Vacuum, "every table"),
+            },
+            Statement::Analyze(a) => match &a.table_name {
+                Some(n) => {
+                    self.privilege(K::Vacuum, table_name(n));
+                    push_unique(&mut self.facts.tables_read, table_name(n));
                 }
-            }
+                None => self.unnamed(K::Vacuum, "every table"),
+            },
             Statement::Call(f) => self.function(&f.name),
             Statement::Load { .. } => self.danger("load"),
             Statement::Declare { .. } => self.kind(K::Select),
-            Statement::Comment { object_name, .. } => self.written(table_name(object_name)),
+            Statement::Comment {
+                object_type,
+                object_name,
+                ..
+            } => {
+                match object_type {
+                    ast::CommentObject::Table => self.privilege(K::Other, table_name(object_name)),
+                    other => self.unnamed(
+                        K::Other,
+                        &format!("{other} {}", name_of(object_name)).to_lowercase(),
+                    ),
+                }
+                self.written(table_name(object_name));
+            }
             Statement::Set(Set::SingleAssignment {
                 variable, values, ..
             }) => {
@@ -611,12 +873,13 @@ impl Collector {
         }
     }
 
-    fn grant_objects(&mut self, o: Option<&GrantObjects>) {
+    fn grant_objects(&mut self, action: K, o: Option<&GrantObjects>) {
         match o {
             Some(GrantObjects::Tables(v))
             | Some(GrantObjects::Views(v))
             | Some(GrantObjects::Sequences(v)) => {
                 for n in v {
+                    self.privilege(action, table_name(n));
                     self.written(table_name(n));
                 }
             }
@@ -624,10 +887,15 @@ impl Collector {
             | Some(GrantObjects::AllSequencesInSchema { schemas })
             | Some(GrantObjects::Schemas(schemas)) => {
                 for s in schemas {
+                    self.privilege(action, format!("{}.*", name_of(s)));
                     self.written(format!("{}.*", name_of(s)));
                 }
             }
-            _ => {}
+            // Roles, functions, databases, ...
+            _ => self.unnamed(
+                action,
+                "objects the agent does not analyse (roles, functions, databases, ...)",
+            ),
         }
     }
 
@@ -637,6 +905,7 @@ impl Collector {
             SetExpr::Select(s) => {
                 if let Some(into) = &s.into {
                     self.kind(K::Create);
+                    self.privilege(K::Create, table_name(&into.name));
                     self.written(table_name(&into.name));
                 }
             }
@@ -737,6 +1006,9 @@ impl Visitor for Collector {
             visible.extend(names);
         }
         self.scopes.push(visible);
+        if !q.locks.is_empty() {
+            self.locks_rows = true;
+        }
         self.set_expr(&q.body);
         ControlFlow::Continue(())
     }
@@ -974,6 +1246,7 @@ pub(super) fn statement_info(s: &Statement) -> StatementInfo {
         let mut facts = inner.facts.clone();
         facts.kinds.insert(0, K::Prepare);
         dedup_kinds(&mut facts.kinds);
+        grants::push(&mut facts.privileges, Privilege::statement(K::Prepare));
         info.facts = facts;
         info.dangerous = inner.dangerous.clone();
         info.literal_dependent = inner.literal_dependent;
@@ -1060,8 +1333,21 @@ fn dedup_kinds(v: &mut Vec<K>) {
 
 fn finish(mut info: StatementInfo, mut c: Collector) -> StatementInfo {
     c.finish_columns();
+    if c.locks_rows {
+        // Every table read may be locked (the analysis does not follow `OF t`).
+        let read: Vec<String> = c
+            .privileges
+            .iter()
+            .filter(|p| p.action == K::Select && matches!(p.on, On::Table(_)))
+            .flat_map(|p| p.names().to_vec())
+            .collect();
+        for t in read {
+            c.privilege(K::Update, t);
+        }
+    }
     dedup_kinds(&mut c.facts.kinds);
     info.facts = c.facts;
+    complete_privileges(&mut info.facts, c.privileges);
     info.dangerous = c.dangerous;
     info.literal_dependent |= c.literal_dependent;
     info.pinned_setting = c.pinned;
@@ -1069,6 +1355,54 @@ fn finish(mut info: StatementInfo, mut c: Collector) -> StatementInfo {
         info.set_search_path = c.set_config_path;
     }
     info
+}
+
+/// Sets `facts.privileges` to `ps` plus what the statement's kinds exercise
+/// beyond the objects they touch:
+/// - `select`, `insert`, `update`, `delete`, `truncate` are the privileges on
+///   their tables; a kind touching no table (`SELECT 1`) is a privilege of its own;
+/// - `create`, `alter`, `drop`, `grant`, `revoke`, `vacuum` with no object the
+///   analysis names act on an unnamed object;
+/// - every other kind (`copy`, `merge`, `explain`, `prepare`, `execute`, `call`,
+///   `do`, `set`, `begin`, ...) is a privilege of its own, besides its objects.
+///
+/// The result is never empty: every statement has a kind.
+fn complete_privileges(facts: &mut StatementFacts, ps: Vec<Privilege>) {
+    // The statement's own kinds come first: a decision names the rule granting
+    // the first privilege.
+    let mut own = Vec::new();
+    for k in facts.kinds.clone() {
+        let on_object = ps
+            .iter()
+            .any(|p| p.action == k && matches!(p.on, On::Table(_) | On::Unnamed(_)));
+        match k {
+            K::Select | K::Insert | K::Update | K::Delete | K::Truncate => {
+                if !on_object {
+                    grants::push(&mut own, Privilege::statement(k));
+                }
+            }
+            K::Create | K::Alter | K::Drop | K::Grant | K::Revoke | K::Vacuum => {
+                if !on_object {
+                    grants::push(
+                        &mut own,
+                        Privilege::unnamed(k, "an object the agent does not name"),
+                    );
+                }
+            }
+            _ => grants::push(&mut own, Privilege::statement(k)),
+        }
+    }
+    let mut ps: Vec<Privilege> = own.into_iter().chain(ps).fold(Vec::new(), |mut v, p| {
+        grants::push(&mut v, p);
+        v
+    });
+    if ps.is_empty() {
+        ps.push(Privilege::unnamed(
+            K::Other,
+            "a statement the agent does not decompose",
+        ));
+    }
+    facts.privileges = ps;
 }
 
 // ---- text → statements ----------------------------------------------------------------
@@ -1236,6 +1570,11 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
             Ok(stmts)
         }
     });
+    // A parse the analysis cannot trust is no parse.
+    let whole = whole.and_then(|stmts| match uncertain(&stmts) {
+        Some(e) => Err(sqlparser::parser::ParserError::ParserError(e)),
+        None => Ok(stmts),
+    });
     match whole {
         Ok(stmts) => Analysis {
             statements: stmts
@@ -1253,6 +1592,12 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
                 // The terminating semicolon (which the split removed) is what
                 // sqlparser needs after `COPY ... FROM STDIN`.
                 match Parser::parse_sql(&dialect, &format!("{};", p.text)) {
+                    Ok(stmts) if uncertain(&stmts).is_some() => {
+                        return Analysis {
+                            statements: Vec::new(),
+                            error: uncertain(&stmts),
+                        };
+                    }
                     Ok(stmts) => out.extend(stmts.iter().map(statement_info)),
                     Err(_) => match fallback(&p) {
                         Some(info) => out.push(info),
@@ -1271,6 +1616,27 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
             }
         }
     }
+}
+
+/// Why a parsed text cannot be analysed with certainty, if it cannot: the
+/// parser reads `FROM ONLY t` (PostgreSQL: table `t` without its children) as
+/// a table named `only` with the alias `t`, so the table read would be missed.
+/// `ONLY` is reserved in PostgreSQL: unquoted, it is never a table name.
+fn uncertain(stmts: &[Statement]) -> Option<String> {
+    let mut found = None;
+    for st in stmts {
+        let _ = ast::visit_relations(st, |n| {
+            if let [ObjectNamePart::Identifier(id)] = n.0.as_slice()
+                && id.quote_style.is_none()
+                && id.value.eq_ignore_ascii_case("only")
+            {
+                found = Some("`ONLY` before a table name is not analysed".to_string());
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+    }
+    found
 }
 
 struct Piece {
@@ -1323,8 +1689,17 @@ fn word(t: Option<&Token>) -> Option<String> {
     }
 }
 
-/// Statements sqlparser does not parse, recognised by their leading keywords.
+/// Statements sqlparser does not parse, recognised by their leading keywords,
+/// with the privileges they exercise.
 fn fallback(p: &Piece) -> Option<StatementInfo> {
+    let mut info = fallback_facts(p)?;
+    if info.facts.privileges.is_empty() {
+        complete_privileges(&mut info.facts, Vec::new());
+    }
+    Some(info)
+}
+
+fn fallback_facts(p: &Piece) -> Option<StatementInfo> {
     let t = &p.tokens;
     let w = |i: usize| word(t.get(i));
     let simple = |k: K| {
@@ -1365,6 +1740,13 @@ fn fallback(p: &Piece) -> Option<StatementInfo> {
             let mut i = simple(K::Alter)?;
             i.dangerous.push("alter_system".into());
             i.facts.functions.push("alter_system".into());
+            complete_privileges(
+                &mut i.facts,
+                vec![
+                    Privilege::function("alter_system".into()),
+                    Privilege::unnamed(K::Alter, "the server configuration"),
+                ],
+            );
             Some(i)
         }
         Some("CREATE") => {
@@ -1428,12 +1810,22 @@ fn vacuum(t: &[Token]) -> Option<StatementInfo> {
     {
         return None;
     }
+    let privileges = if tables.is_empty() {
+        vec![Privilege::unnamed(K::Vacuum, "every table")]
+    } else {
+        tables
+            .iter()
+            .map(|n| Privilege::table(K::Vacuum, n.clone()))
+            .collect()
+    };
+    let mut facts = StatementFacts {
+        kinds: vec![K::Vacuum],
+        tables_written: tables,
+        ..Default::default()
+    };
+    complete_privileges(&mut facts, privileges);
     Some(StatementInfo {
-        facts: StatementFacts {
-            kinds: vec![K::Vacuum],
-            tables_written: tables,
-            ..Default::default()
-        },
+        facts,
         fingerprint: fingerprint_tokens(t),
         ..Default::default()
     })
@@ -1510,6 +1902,7 @@ fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
     if matches!(word(t.get(i)).as_deref(), Some("ALSO") | Some("INSTEAD")) {
         i += 1;
     }
+    let mut privileges = vec![Privilege::table(K::Create, name.clone())];
     let mut facts = StatementFacts {
         kinds: vec![K::Create],
         tables_written: vec![name],
@@ -1528,6 +1921,9 @@ fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
         .unwrap_or(rest);
     if !rest.eq_ignore_ascii_case("NOTHING") {
         let stmts = Parser::parse_sql(&PostgreSqlDialect {}, rest).ok()?;
+        if uncertain(&stmts).is_some() {
+            return None;
+        }
         for s in &stmts {
             let inner = statement_info(s);
             for x in inner
@@ -1547,8 +1943,17 @@ fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
             for d in inner.dangerous {
                 push_unique(&mut dangerous, d);
             }
+            // The rule's actions run whenever the table is touched: what they
+            // exercise is exercised by creating it (`new` and `old` aside).
+            for p in inner.facts.privileges {
+                if p.names().iter().any(|n| n == "new" || n == "old") {
+                    continue;
+                }
+                grants::push(&mut privileges, p);
+            }
         }
     }
+    complete_privileges(&mut facts, privileges);
     Some(StatementInfo {
         facts,
         fingerprint: fingerprint_tokens(t),

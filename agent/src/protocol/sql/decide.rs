@@ -75,7 +75,7 @@ fn refused(policy: &CompiledPolicy, target: u32) -> Decision {
         decided: Effect::Deny,
         rule: UNPARSEABLE.into(),
         mode,
-        workloads: Vec::new(),
+        ..Decision::default()
     }
 }
 

@@ -111,7 +111,8 @@ impl SqlSession {
             .tables_read
             .iter()
             .chain(&facts.tables_written)
-            .any(|t| !t.contains('.'));
+            .any(|t| !t.contains('.'))
+            || facts.privileges.iter().any(|p| p.unqualified());
         if unqualified && self.overflow {
             return Err(format!(
                 "the session set more than {MAX_SCHEMAS} schemas on its search_path; unqualified names are refused"
@@ -158,6 +159,11 @@ impl SqlSession {
             columns,
             functions: facts.functions.clone(),
             where_less: facts.where_less,
+            privileges: crate::policy::grants::qualify(
+                &facts.privileges,
+                schemas,
+                self.schemas.iter().any(|s| s == "pg_catalog"),
+            ),
         })
     }
 
@@ -199,6 +205,13 @@ impl SqlSession {
                 if !f.functions.contains(x) {
                     f.functions.push(x.clone());
                 }
+            }
+            // Privileges: what the prepared statement exercises, `execute`, and
+            // the functions of the parameters.
+            f.privileges
+                .retain(|p| *p != crate::policy::grants::Privilege::statement(K::Prepare));
+            for p in self.qualify(&s.facts)?.privileges {
+                crate::policy::grants::push(&mut f.privileges, p);
             }
             return Ok(f);
         }

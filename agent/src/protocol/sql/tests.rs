@@ -417,3 +417,543 @@ fn crafted_nesting_is_refused_quickly() {
             .is_none()
     );
 }
+
+// ---- grants: least privilege ------------------------------------------------------
+
+/// "W may select reading public.orders", plus the session statements it needs.
+const LEAST_PRIVILEGE: &str = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: w
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["127.0.0.1"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: w-reads-orders
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [select], tables_read: ["public.orders"] } }
+  - id: w-session
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [begin, commit, prepare, execute] } }
+"#;
+
+fn grants_policy(text: &str) -> crate::policy::CompiledPolicy {
+    crate::policy::CompiledPolicy::from_sources_with(
+        &[(std::path::PathBuf::from("grants.yaml"), text.to_string())],
+        &|_| Err("no DNS in tests".into()),
+    )
+    .unwrap_or_else(|e| panic!("policy: {e}"))
+}
+
+/// Decides `sql` as one message on `session`, as the proxy does.
+fn decide_on(
+    p: &crate::policy::CompiledPolicy,
+    session: &SqlSession,
+    sql: &str,
+) -> crate::policy::Decision {
+    let subject = crate::policy::Subject {
+        uid: Some(1000),
+        ..Default::default()
+    };
+    let a = Analyzer::new(0).analyze(sql);
+    decide_message(p, &subject, 0, 0, session, &a).decision
+}
+
+/// Each statement: refused by `default-deny`, naming the privilege no rule grants.
+#[test]
+fn an_allow_grants_only_what_it_names() {
+    let p = grants_policy(LEAST_PRIVILEGE);
+    // The search_path names public only, so unqualified names are public.x.
+    let session = SqlSession::new("app", Some("public"));
+    for sql in [
+        "SELECT * FROM orders",
+        "SELECT id, total FROM public.orders WHERE id = 1",
+        "SELECT 1",
+        "SELECT count(*), sum(total), now(), coalesce(max(id), 0) FROM orders",
+        "SELECT * FROM orders, LATERAL generate_series(1, 2)",
+        "SELECT o.id FROM orders o WHERE o.id IN (SELECT id FROM public.orders)",
+        "WITH recent AS (SELECT * FROM orders) SELECT * FROM recent",
+        "EXPLAIN SELECT * FROM orders",
+    ] {
+        let d = decide_on(&p, &session, sql);
+        if sql.starts_with("EXPLAIN") {
+            // explain is not granted.
+            assert_eq!(d.rule, "default-deny", "{sql}: {d:?}");
+            assert_eq!(d.reason.as_deref(), Some("explain is granted by no rule"));
+            continue;
+        }
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (crate::policy::Outcome::Allow, "w-reads-orders"),
+            "{sql}: {d:?}"
+        );
+        assert!(!d.grants.is_empty(), "{sql}: the grants used are recorded");
+    }
+    let refused: &[(&str, &str)] = &[
+        (
+            "SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id",
+            "select on public.customers",
+        ),
+        (
+            "SELECT id FROM orders UNION SELECT id FROM customers",
+            "select on public.customers",
+        ),
+        (
+            "SELECT id FROM orders EXCEPT SELECT id FROM public.customers",
+            "select on public.customers",
+        ),
+        (
+            "SELECT * FROM orders WHERE customer_id IN (SELECT id FROM customers)",
+            "select on public.customers",
+        ),
+        (
+            "SELECT (SELECT max(id) FROM customers) FROM orders",
+            "select on public.customers",
+        ),
+        (
+            "SELECT * FROM orders WHERE EXISTS (SELECT 1 FROM customers)",
+            "select on public.customers",
+        ),
+        (
+            "SELECT * FROM (SELECT * FROM customers) AS s, orders",
+            "select on public.customers",
+        ),
+        (
+            "WITH c AS (SELECT * FROM customers) SELECT * FROM orders, c",
+            "select on public.customers",
+        ),
+        (
+            "SELECT * FROM customer_view",
+            "select on public.customer_view",
+        ),
+        (
+            "WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x",
+            "delete on public.orders",
+        ),
+        (
+            "WITH x AS (UPDATE orders SET total = 0 WHERE id = 1 RETURNING *) SELECT * FROM x",
+            "update on public.orders",
+        ),
+        ("SELECT * INTO t3 FROM orders", "create on public.t3"),
+        (
+            "CREATE TABLE t2 AS SELECT * FROM orders",
+            "create on public.t2",
+        ),
+        (
+            "CREATE VIEW v AS SELECT * FROM customers",
+            "create on public.v",
+        ),
+        (
+            "INSERT INTO orders SELECT * FROM customers",
+            "insert on public.orders",
+        ),
+        (
+            "MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED THEN DELETE",
+            "merge",
+        ),
+        ("COPY orders TO STDOUT", "copy"),
+        ("COPY (SELECT * FROM orders) TO STDOUT", "copy"),
+        ("SELECT * FROM orders FOR UPDATE", "update on public.orders"),
+        ("EXPLAIN ANALYZE DELETE FROM orders WHERE id = 1", "explain"),
+        (
+            "SELECT transfer_funds(1, 2) FROM orders",
+            "execute public.transfer_funds",
+        ),
+        (
+            "SELECT * FROM orders WHERE audit.log_access(id)",
+            "execute audit.log_access",
+        ),
+        ("SELECT * FROM orders, my_srf(1)", "execute public.my_srf"),
+        (
+            "SELECT pg_read_file('/etc/passwd') FROM orders",
+            "execute pg_catalog.pg_read_file",
+        ),
+        (
+            "SELECT nextval('orders_id_seq')",
+            "execute pg_catalog.nextval",
+        ),
+        ("SELECT lo_get(16384)", "execute pg_catalog.lo_get"),
+        ("DO $$ BEGIN DELETE FROM orders; END $$", "do"),
+        ("SET ROLE admin", "set_role"),
+        ("CALL archive_orders()", "call"),
+    ];
+    for (sql, missing) in refused {
+        let d = decide_on(&p, &session, sql);
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (crate::policy::Outcome::Deny, "default-deny"),
+            "{sql}: {d:?}"
+        );
+        assert_eq!(
+            d.reason.as_deref(),
+            Some(format!("{missing} is granted by no rule").as_str()),
+            "{sql}: {d:?}"
+        );
+    }
+    // `TABLE customers` is refused: unparseable, or (where it parses) for the
+    // select on public.customers no rule grants.
+    let d = decide_on(&p, &session, "TABLE customers");
+    assert_eq!(d.outcome, crate::policy::Outcome::Deny, "{d:?}");
+    assert!(
+        d.rule == "unparseable"
+            || d.reason.as_deref() == Some("select on public.customers is granted by no rule"),
+        "{d:?}"
+    );
+    // `ONLY customers` (the parser would read a table `only`) and `customers*`
+    // (inheritance syntax) are not analysed: refused as unparseable.
+    for sql in [
+        "SELECT * FROM ONLY customers",
+        "SELECT * FROM orders JOIN ONLY customers ON true",
+        "DELETE FROM ONLY orders WHERE id = 1",
+        "SELECT * FROM customers*",
+    ] {
+        let d = decide_on(&p, &session, sql);
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (crate::policy::Outcome::Deny, "unparseable"),
+            "{sql}: {d:?}"
+        );
+    }
+}
+
+/// With a grant for each table, the join runs; the decision names the first
+/// grant and records every grant used.
+#[test]
+fn several_grants_cover_one_statement() {
+    let text = LEAST_PRIVILEGE.to_string()
+        + r#"
+  - id: w-reads-customers
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [select], tables: ["public.customers"] } }
+  - id: no-card-numbers
+    workloads: [w]
+    targets: [pg]
+    effect: deny
+    when: { sql: { columns: ["public.customers.pan"] } }
+"#;
+    let p = grants_policy(&text);
+    let session = SqlSession::new("app", Some("public"));
+    let d = decide_on(
+        &p,
+        &session,
+        "SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id",
+    );
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (crate::policy::Outcome::Allow, "w-reads-orders"),
+        "{d:?}"
+    );
+    let used: Vec<(&str, &str)> = d
+        .grants
+        .iter()
+        .map(|g| (g.privilege.as_str(), g.rule.as_str()))
+        .collect();
+    assert_eq!(
+        used,
+        vec![
+            ("select on public.orders", "w-reads-orders"),
+            ("select on public.customers", "w-reads-customers"),
+        ]
+    );
+    // Deny keeps its any-match meaning: one denied column refuses the statement.
+    let d = decide_on(
+        &p,
+        &session,
+        "SELECT o.id, c.pan FROM orders o JOIN customers c ON c.id = o.customer_id",
+    );
+    assert_eq!(
+        (d.outcome, d.rule.as_str()),
+        (crate::policy::Outcome::Deny, "no-card-numbers"),
+        "{d:?}"
+    );
+}
+
+/// An unqualified name may resolve to any schema of the search_path: every one
+/// of them must be granted (here `$user` is `app`, which no rule grants).
+#[test]
+fn an_unqualified_name_needs_every_schema_it_may_resolve_to() {
+    let p = grants_policy(LEAST_PRIVILEGE);
+    let session = SqlSession::new("app", None);
+    let d = decide_on(&p, &session, "SELECT * FROM orders");
+    assert_eq!(d.rule, "default-deny", "{d:?}");
+    assert_eq!(
+        d.reason.as_deref(),
+        Some(
+            "select on app.orders (an unqualified name may resolve to it on the search_path) is granted by no rule"
+        )
+    );
+    // Qualified, it is the granted table.
+    let d = decide_on(&p, &session, "SELECT * FROM public.orders");
+    assert_eq!(d.rule, "w-reads-orders", "{d:?}");
+    // A catalog relation resolves to pg_catalog (searched first), and a
+    // built-in function is the built-in.
+    let show = |f: &StatementFacts| -> Vec<String> {
+        f.privileges.iter().map(|p| p.to_string()).collect()
+    };
+    let sql = "SELECT lower(relname), nextval('s') FROM pg_class";
+    let f = session.facts_for(&info(sql)).unwrap();
+    assert_eq!(
+        show(&f),
+        vec![
+            "execute pg_catalog.nextval",
+            "select on pg_catalog.pg_class"
+        ]
+    );
+    // A search_path naming pg_catalog after another schema lets that schema's
+    // tables and functions shadow the catalog's: each is a candidate.
+    let mut shadowed = SqlSession::new("app", Some("public"));
+    shadowed.completed(&info("SET search_path = public, pg_catalog"));
+    let f = shadowed.facts_for(&info(sql)).unwrap();
+    assert_eq!(
+        show(&f),
+        vec![
+            "execute public.lower",
+            "execute pg_catalog.nextval or public.nextval",
+            "select on pg_catalog.pg_class or public.pg_class",
+        ]
+    );
+}
+
+/// PREPARE is decided on what it prepares, EXECUTE on what was prepared.
+#[test]
+fn prepared_statements_carry_their_privileges() {
+    let p = grants_policy(LEAST_PRIVILEGE);
+    let mut session = SqlSession::new("app", Some("public"));
+    let prep = "PREPARE q AS SELECT * FROM orders WHERE id = $1";
+    let d = decide_on(&p, &session, prep);
+    assert_eq!(d.outcome, crate::policy::Outcome::Allow, "{d:?}");
+    session.completed(&info(prep));
+    let d = decide_on(&p, &session, "EXECUTE q(1)");
+    assert_eq!(d.outcome, crate::policy::Outcome::Allow, "{d:?}");
+    let d = decide_on(
+        &p,
+        &session,
+        "PREPARE r AS DELETE FROM orders WHERE id = $1",
+    );
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("delete on public.orders is granted by no rule"),
+        "{d:?}"
+    );
+    // A parameter of EXECUTE calling a function exercises it too.
+    let d = decide_on(&p, &session, "EXECUTE q(transfer_funds(1, 2))");
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("execute public.transfer_funds is granted by no rule"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn privileges_of_statements() {
+    let cases: &[(&str, &[&str])] = &[
+        ("SELECT 1", &["select"]),
+        ("SELECT * FROM s.t", &["select on s.t"]),
+        ("INSERT INTO t VALUES (1)", &["insert on t"]),
+        (
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = 2 RETURNING id",
+            &["insert on t", "update on t", "select on t"],
+        ),
+        ("UPDATE t SET a = 1", &["update on t"]),
+        ("UPDATE t SET a = b", &["update on t", "select on t"]),
+        (
+            "UPDATE t SET a = 1 FROM u WHERE t.id = u.id",
+            &["update on t", "select on t", "select on u"],
+        ),
+        ("DELETE FROM t WHERE a = 1", &["delete on t", "select on t"]),
+        (
+            "DELETE FROM t USING u WHERE t.id = u.id",
+            &["delete on t", "select on t", "select on u"],
+        ),
+        (
+            "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN UPDATE SET a = 1 WHEN NOT MATCHED THEN INSERT (id) VALUES (u.id)",
+            &[
+                "merge",
+                "update on t",
+                "insert on t",
+                "select on t",
+                "select on u",
+            ],
+        ),
+        ("TRUNCATE a, b", &["truncate on a", "truncate on b"]),
+        ("COPY t TO STDOUT", &["copy", "select on t"]),
+        ("COPY t FROM STDIN", &["copy", "insert on t"]),
+        (
+            "COPY t TO PROGRAM 'id'",
+            &["copy", "select on t", "execute copy_program"],
+        ),
+        ("CREATE TABLE s.t (a int)", &["create on s.t"]),
+        ("CREATE INDEX i ON t (a)", &["create on t"]),
+        ("CREATE SCHEMA s", &["create on s.*"]),
+        ("ALTER TABLE t ADD COLUMN b int", &["alter on t"]),
+        ("DROP TABLE t, s.u", &["drop on t", "drop on s.u"]),
+        (
+            "DROP SCHEMA s CASCADE",
+            &[
+                "drop on the objects that depend on it (CASCADE)",
+                "drop on s.*",
+            ],
+        ),
+        (
+            "TRUNCATE a CASCADE",
+            &[
+                "truncate on a",
+                "truncate on the tables that reference it (CASCADE)",
+            ],
+        ),
+        ("DROP ROLE bob", &["drop on role bob"]),
+        ("GRANT SELECT ON t TO bob", &["grant on t"]),
+        (
+            "GRANT EXECUTE ON FUNCTION f() TO bob",
+            &["grant on objects the agent does not analyse (roles, functions, databases, ...)"],
+        ),
+        ("VACUUM", &["vacuum on every table"]),
+        ("BEGIN", &["begin"]),
+        ("SET work_mem = '64MB'", &["set"]),
+        ("SELECT f(1)", &["select", "execute f"]),
+        (
+            "SELECT pg_catalog.upper('a'), lower('b'), now()",
+            &["select"],
+        ),
+        (
+            "SELECT pg_catalog.pg_read_file('x')",
+            &["select", "execute pg_catalog.pg_read_file"],
+        ),
+        ("SELECT dblink('x', 'y')", &["select", "execute dblink"]),
+        ("CALL p()", &["call", "execute p"]),
+        (
+            "EXPLAIN DELETE FROM t WHERE a = 1",
+            &["explain", "select on t"],
+        ),
+        (
+            "EXPLAIN ANALYZE DELETE FROM t WHERE a = 1",
+            &["explain", "delete on t", "select on t"],
+        ),
+        ("DO $$ BEGIN NULL; END $$", &["do"]),
+        (
+            "ALTER SYSTEM SET work_mem = '1GB'",
+            &["execute alter_system", "alter on the server configuration"],
+        ),
+    ];
+    for (sql, want) in cases {
+        // Harmless built-ins are dropped when a session qualifies the statement.
+        let got: Vec<String> = one(sql)
+            .privileges
+            .iter()
+            .filter(|p| {
+                !matches!(
+                    p.on,
+                    crate::policy::grants::On::Builtin {
+                        privileged: false,
+                        ..
+                    }
+                )
+            })
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(got, *want, "{sql}");
+    }
+}
+
+/// "W may insert into public.orders" no longer lets it copy an ungranted table
+/// into orders, and a write granted on orders does not grant writing elsewhere.
+#[test]
+fn a_write_grant_does_not_grant_what_the_write_reads() {
+    let text = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: w
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["127.0.0.1"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: w-inserts-orders
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+    when: { sql: { statements: [insert], tables_written: ["public.orders"] } }
+"#;
+    let p = grants_policy(text);
+    let session = SqlSession::new("app", Some("public"));
+    let d = decide_on(&p, &session, "INSERT INTO orders (id) VALUES (1)");
+    assert_eq!(d.rule, "w-inserts-orders", "{d:?}");
+    for (sql, missing) in [
+        (
+            "INSERT INTO orders SELECT * FROM customers",
+            "select on public.customers",
+        ),
+        (
+            "INSERT INTO orders (id) VALUES (1) RETURNING *",
+            "select on public.orders",
+        ),
+        (
+            "WITH c AS (DELETE FROM customers RETURNING id) INSERT INTO orders (id) SELECT id FROM c",
+            "delete on public.customers",
+        ),
+        (
+            "INSERT INTO orders (id) VALUES ((SELECT max(id) FROM customers))",
+            "select on public.customers",
+        ),
+    ] {
+        let d = decide_on(&p, &session, sql);
+        assert_eq!(
+            d.reason.as_deref(),
+            Some(format!("{missing} is granted by no rule").as_str()),
+            "{sql}: {d:?}"
+        );
+    }
+}
+
+/// `FROM ONLY t` was read as a table named `only`: a deny on `t` did not match.
+#[test]
+fn from_only_cannot_slip_past_a_deny() {
+    let text = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: w
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["127.0.0.1"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: w-connects
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+  - id: no-customers
+    workloads: [w]
+    targets: [pg]
+    effect: deny
+    when: { sql: { tables: ["public.customers"] } }
+"#;
+    let p = grants_policy(text);
+    let session = SqlSession::new("app", Some("public"));
+    let d = decide_on(&p, &session, "SELECT * FROM customers");
+    assert_eq!(d.rule, "no-customers", "{d:?}");
+    for sql in [
+        "SELECT * FROM ONLY customers",
+        "SELECT * FROM orders, ONLY customers",
+        "UPDATE orders SET total = 0 FROM ONLY customers WHERE customers.id = orders.id",
+    ] {
+        let d = decide_on(&p, &session, sql);
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (crate::policy::Outcome::Deny, "unparseable"),
+            "{sql}: {d:?}"
+        );
+    }
+}
