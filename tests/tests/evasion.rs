@@ -274,6 +274,7 @@ fn a_server_reporting_an_unsafe_setting_ends_the_session() {
     let msg = r[0]["error"].as_str().unwrap_or("");
     assert!(
         r[0]["ok"] == false
+            && r[0]["sqlstate"] == "42501"
             && msg.contains("Portcullis")
             && msg.contains("standard_conforming_strings=off"),
         "the session should end naming the setting: {r:?}"

@@ -1727,7 +1727,7 @@ impl Session<'_> {
             // does not understand (from either side) end the session: the
             // client gets a FATAL error saying why.
             // (message for the client, error for the record, how it ended)
-            let mut broken: Option<(String, String, &'static str)> = None;
+            let mut broken: Option<(String, String, &'static str, &'static str)> = None;
             while client_done.is_none() {
                 let step = codec::try_frame(&mut cbuf, max).and_then(|f| match f {
                     Some(f) => self.on_client_frame(&f, &mut to_up).map(Some),
@@ -1739,7 +1739,7 @@ impl Session<'_> {
                     Ok(None) => break,
                     Err(e) => {
                         let msg = self.protocol_violation(e);
-                        broken = Some((msg.clone(), msg, "protocol_error"));
+                        broken = Some((msg.clone(), msg, "protocol_error", "08P01"));
                         break;
                     }
                 }
@@ -1761,25 +1761,25 @@ impl Session<'_> {
                             if let Some(r) = t.recorder.as_mut() {
                                 r.event(
                                     "error",
-                                    json!({"severity": "FATAL", "sqlstate": "08P01", "message": why}),
+                                    json!({"severity": "FATAL", "sqlstate": "42501", "message": why}),
                                 );
                             }
-                            broken = Some((why.clone(), why, "unsafe_setting"));
+                            broken = Some((why.clone(), why, "unsafe_setting", "42501"));
                         }
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(e) => {
                         let msg = "the server sent bytes the agent does not understand".into();
-                        broken = Some((msg, e, "error"));
+                        broken = Some((msg, e, "error", "08P01"));
                     }
                 }
             }
-            if let Some((msg, err, how)) = broken {
+            if let Some((msg, err, how, sqlstate)) = broken {
                 codec::error_response(
                     &mut to_client,
                     "FATAL",
-                    "08P01",
+                    sqlstate,
                     &format!("Portcullis: {msg}; the session is closed"),
                 );
                 let _ = cw.write_all(&to_client).await;
