@@ -175,6 +175,7 @@ fn lexing_settings_cannot_be_changed_by_statements() {
         "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
         "SET backslash_quote = on",
         "SET client_encoding = 'UTF8'",
+        "SELECT * FROM set_config('standard_conforming_strings', 'off', false)",
     ]
     .iter()
     .map(|s| json!({ "try": s }))
@@ -190,13 +191,14 @@ fn lexing_settings_cannot_be_changed_by_statements() {
         (7, "client_encoding"),
         (8, "pg_settings"),
         (9, "backslash_quote"),
+        (11, "standard_conforming_strings"),
     ] {
         assert!(refused_by(&r[i], name), "step {i} ({name}): {:?}", r[i]);
     }
     assert_eq!(r[1]["ok"], true, "the split text is one SELECT: {:?}", r[1]);
     assert_eq!(r[10]["ok"], true, "setting UTF8 is allowed: {:?}", r[10]);
-    assert_eq!(r[11]["rows"], json!([["on"]]), "{:?}", r[11]);
-    assert_eq!(r[12]["rows"], json!([["UTF8"]]), "{:?}", r[12]);
+    assert_eq!(r[12]["rows"], json!([["on"]]), "{:?}", r[12]);
+    assert_eq!(r[13]["rows"], json!([["UTF8"]]), "{:?}", r[13]);
     assert!(order_exists(&w, 3), "the DELETE hidden in a string ran");
 }
 

@@ -166,11 +166,7 @@ pub fn read(params: &[(String, String)]) -> Result<Effective, Refused> {
     };
     // `options` first, wherever it stands (the last `options` parameter is the one
     // the server reads).
-    if let Some((_, o)) = params
-        .iter()
-        .rev()
-        .find(|(k, _)| k.eq_ignore_ascii_case("options"))
-    {
+    if let Some((_, o)) = params.iter().rev().find(|(k, _)| k == "options") {
         let toks = split_options(o);
         let mut i = 0;
         while i < toks.len() {

@@ -440,6 +440,14 @@ impl Collector {
     /// `set_config(name, value, is_local)`: read like the `SET` it is, when its
     /// name and value are literals; refused when the agent cannot read the name.
     fn set_config(&mut self, f: &ast::Function) {
+        match &f.args {
+            ast::FunctionArguments::List(l) => self.set_config_args(&l.args),
+            _ => self.set_config_args(&[]),
+        }
+    }
+
+    /// `set_config` with these arguments (in an expression or in FROM).
+    fn set_config_args(&mut self, args: &[ast::FunctionArg]) {
         self.literal_dependent = true;
         let lit = |a: &ast::FunctionArg| match a {
             ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Value(v))) => {
@@ -450,12 +458,7 @@ impl Collector {
             }
             _ => None,
         };
-        let (name, value) = match &f.args {
-            ast::FunctionArguments::List(l) => {
-                (l.args.first().and_then(lit), l.args.get(1).and_then(lit))
-            }
-            _ => (None, None),
-        };
+        let (name, value) = (args.first().and_then(lit), args.get(1).and_then(lit));
         let Some(name) = name else {
             self.pin(Some(
                 "set_config with a setting name that is not a string literal: the agent cannot tell which setting it changes".into(),
@@ -1023,9 +1026,12 @@ impl Visitor for Collector {
             TableFactor::Table {
                 name, args, alias, ..
             } => {
-                if args.is_some() {
+                if let Some(a) = args {
                     // A set-returning function in FROM.
                     self.function(name);
+                    if name_of(name).rsplit('.').next() == Some("set_config") && self.executes {
+                        self.set_config_args(&a.args);
+                    }
                 } else if !self.targets.contains(&addr(tf)) && !self.is_cte(name) {
                     let t = table_name(name);
                     if let Some(a) = alias {
@@ -1034,7 +1040,12 @@ impl Visitor for Collector {
                     self.read(t);
                 }
             }
-            TableFactor::Function { name, .. } => self.function(name),
+            TableFactor::Function { name, args, .. } => {
+                self.function(name);
+                if name_of(name).rsplit('.').next() == Some("set_config") && self.executes {
+                    self.set_config_args(args);
+                }
+            }
             _ => {}
         }
         ControlFlow::Continue(())

@@ -72,6 +72,8 @@ fn changes_of_the_lexing_settings_are_pinned() {
         "SELECT set_config('client_encoding', 'SJIS', true)",
         "SELECT set_config('backslash_quote', 'on', false)",
         "SELECT set_config(name, 'off', false) FROM t",
+        "SELECT * FROM set_config('standard_conforming_strings', 'off', false)",
+        "SELECT * FROM t, LATERAL pg_catalog.set_config('client_encoding', 'SJIS', false) x",
         "SELECT set_config('search_path', v, false) FROM t",
         "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
         "UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'search_path'",
@@ -118,6 +120,11 @@ fn changes_of_the_lexing_settings_are_pinned() {
 fn set_config_of_search_path_is_followed() {
     let i = first("SELECT pg_catalog.set_config('search_path', '', false)");
     assert_eq!(i.set_search_path.as_deref(), Some(&[][..]));
+    let i = first("SELECT * FROM set_config('search_path', 'private', false)");
+    assert_eq!(
+        i.set_search_path.as_deref(),
+        Some(&["private".to_string()][..])
+    );
     let i = first("SELECT set_config('search_path', 'private, \"Mixed\"', false)");
     assert_eq!(
         i.set_search_path.as_deref(),
