@@ -578,3 +578,21 @@ fn a_client_that_drops_mid_result_still_leaves_a_record() {
         "{outcome:#}"
     );
 }
+
+#[test]
+fn names_in_table_x_are_folded_like_every_other_name() {
+    let Some(w) = world("names_in_table_x_are_folded_like_every_other_name") else {
+        return;
+    };
+    // The server reads private.secrets; a rule on `private.*` must apply.
+    let r = tries(
+        &w,
+        &[
+            "SELECT 1, 'x' UNION ALL TABLE Private.Secrets",
+            "SELECT 1, 'x' UNION ALL TABLE PRIVATE.secrets",
+        ],
+    );
+    for (i, res) in r.iter().enumerate() {
+        assert!(refused_by(res, "no-private"), "step {i}: {r:?}");
+    }
+}
