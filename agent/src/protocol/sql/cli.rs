@@ -26,8 +26,9 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     json: bool,
     /// Read one message per line, each a JSON string (`"SELECT 1; SELECT 2"`),
-    /// and print one JSON document per line, in order. Each message runs on a
-    /// new session; the analysis cache is shared, as in the proxy.
+    /// and print one JSON document per line, in order. The messages are one
+    /// session (each assumed to succeed) until a line `null`, which starts a
+    /// new session; the analysis cache is shared by all, as in the proxy.
     #[arg(long)]
     lines: bool,
     /// Database user of the session (for `"$user"` on the search_path).
@@ -42,12 +43,16 @@ pub struct AnalyzeArgs {
     cache: usize,
 }
 
-/// The agent's view of one message, as JSON: `refused` is true when the proxy
-/// would refuse the message whatever the policy says (the text does not parse,
-/// or a statement's facts cannot be established).
-pub fn analyze_message(analyzer: &Analyzer, args: &AnalyzeArgs, sql: &str) -> Value {
+fn new_session(args: &AnalyzeArgs) -> SqlSession {
+    SqlSession::new(&args.db_user, args.search_path.as_deref())
+}
+
+/// The agent's view of one message in `session`, as JSON: `refused` is true
+/// when the proxy would refuse the message whatever the policy says (the text
+/// does not parse, or a statement's facts cannot be established). The
+/// session then holds the message's effects, as if every statement succeeded.
+fn analyze_message(analyzer: &Analyzer, session: &mut SqlSession, sql: &str) -> Value {
     let analysis = analyzer.analyze(sql);
-    let mut session = SqlSession::new(&args.db_user, args.search_path.as_deref());
     let mut refused = analysis.error.is_some();
     let mut statements = Vec::new();
     for st in &analysis.statements {
@@ -135,15 +140,21 @@ pub fn run(command: SqlCommand) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut any_refused = false;
+    let mut session = new_session(&args);
     if args.lines {
         for (n, line) in std::io::stdin().lock().lines().enumerate() {
             let line = line?;
             if line.trim().is_empty() {
                 continue;
             }
-            let sql: String = serde_json::from_str(&line)
-                .map_err(|e| anyhow::anyhow!("stdin line {}: not a JSON string ({e})", n + 1))?;
-            let v = analyze_message(&analyzer, &args, &sql);
+            let sql: Option<String> = serde_json::from_str(&line).map_err(|e| {
+                anyhow::anyhow!("stdin line {}: not a JSON string or null ({e})", n + 1)
+            })?;
+            let Some(sql) = sql else {
+                session = new_session(&args);
+                continue;
+            };
+            let v = analyze_message(&analyzer, &mut session, &sql);
             any_refused |= v["refused"].as_bool() == Some(true);
             writeln!(out, "{v}")?;
         }
@@ -152,7 +163,7 @@ pub fn run(command: SqlCommand) -> anyhow::Result<ExitCode> {
         std::io::stdin()
             .read_to_string(&mut sql)
             .map_err(|e| anyhow::anyhow!("stdin is not UTF-8 text: {e}"))?;
-        let v = analyze_message(&analyzer, &args, &sql);
+        let v = analyze_message(&analyzer, &mut session, &sql);
         any_refused = v["refused"].as_bool() == Some(true);
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
