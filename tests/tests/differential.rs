@@ -374,6 +374,19 @@ struct Tree {
     nested: Vec<i64>,
     rels: Vec<Rel>,
     funcs: BTreeSet<u32>,
+    /// The top query's WHERE names no column (or there is none): every row.
+    every_row: bool,
+}
+
+/// Whether a node holds a column reference (`VAR`).
+fn has_var(n: &Node) -> bool {
+    match n {
+        Node::Obj(name, fields) => {
+            name == "VAR" || fields.iter().any(|(_, vs)| vs.iter().any(has_var))
+        }
+        Node::List(items) => items.iter().any(has_var),
+        Node::Atom(_) => false,
+    }
 }
 
 const CMD_NAMES: [&str; 8] = [
@@ -390,6 +403,9 @@ fn walk(n: &Node, top: bool, t: &mut Tree) {
                     t.command = cmd;
                     t.location = int_of(fields, "stmt_location").unwrap_or(0).max(0) as usize;
                     t.len = int_of(fields, "stmt_len").unwrap_or(0).max(0) as usize;
+                    if let Some([Node::Obj(_, jt)]) = field(fields, "jointree") {
+                        t.every_row = !field(jt, "quals").unwrap_or(&[]).iter().any(has_var);
+                    }
                 } else {
                     t.nested.push(cmd);
                 }
@@ -1598,6 +1614,17 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
                 let piece = String::from_utf8_lossy(&bytes[start..end]).into_owned();
                 pieces.push((ci_, mi, si, piece.clone(), raw_facts(st)));
                 let first = kinds.first().map(String::as_str).unwrap_or("");
+                if (tree.command == 2 || tree.command == 4)
+                    && tree.every_row
+                    && facts["where_less"].as_bool() != Some(true)
+                {
+                    add(
+                        "where-less",
+                        format!(
+                            "statement {piece:?}: the server changes every row, the agent says it has a WHERE"
+                        ),
+                    );
+                }
                 let cmd = CMD_NAMES.get(tree.command as usize).copied().unwrap_or("?");
                 if (1..=5).contains(&tree.command) {
                     if first != cmd {
