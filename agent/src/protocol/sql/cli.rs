@@ -135,6 +135,19 @@ fn print_text(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
 }
 
 pub fn run(command: SqlCommand) -> anyhow::Result<ExitCode> {
+    match analyze(command) {
+        // The reader went away (`| head`): nothing more to say.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        other => other,
+    }
+}
+
+fn analyze(command: SqlCommand) -> anyhow::Result<ExitCode> {
     let SqlCommand::Analyze(args) = command;
     let analyzer = Analyzer::new(args.cache);
     let stdout = std::io::stdout();
@@ -177,4 +190,34 @@ pub fn run(command: SqlCommand) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_split_and_a_session_carries_its_effects() {
+        let analyzer = Analyzer::new(16);
+        let mut session = SqlSession::new("app", None);
+        let v = analyze_message(
+            &analyzer,
+            &mut session,
+            "PREPARE p AS DELETE FROM t WHERE id = $1; SELECT 1",
+        );
+        assert_eq!(v["refused"], false, "{v}");
+        assert_eq!(v["statements"].as_array().map(Vec::len), Some(2), "{v}");
+        let v = analyze_message(&analyzer, &mut session, "EXECUTE p(1)");
+        assert_eq!(v["refused"], false, "{v}");
+        let kinds = &v["statements"][0]["facts"]["kinds"];
+        assert_eq!(kinds, &serde_json::json!(["execute", "delete"]), "{v}");
+        // A new session has not prepared it.
+        let mut fresh = SqlSession::new("app", None);
+        let v = analyze_message(&analyzer, &mut fresh, "EXECUTE p(1)");
+        assert_eq!(v["refused"], true, "{v}");
+        assert!(v["statements"][0]["facts_error"].is_string(), "{v}");
+        let v = analyze_message(&analyzer, &mut fresh, "SELEC 1");
+        assert_eq!(v["refused"], true, "{v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
 }
