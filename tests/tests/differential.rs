@@ -1205,6 +1205,16 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "with standard_conforming_strings off the server splits 'a\\' , ' ; DELETE ...' where the agent does not",
     ),
     (
+        "table missing",
+        "standard_conforming_strings",
+        "with standard_conforming_strings off the agent does not see the DELETE the server runs",
+    ),
+    (
+        "table missing",
+        "EXECUTE q",
+        "PostgreSQL re-analyses a prepared statement with the search_path in force at EXECUTE; the agent keeps the PREPARE-time qualification",
+    ),
+    (
         "role changed",
         "",
         "SET role = 'x', SET \"role\" = x and set_config('role', ...) are not classified set_role",
@@ -1334,6 +1344,9 @@ struct Stats {
     relations_checked: usize,
     utility_tags_uncompared: usize,
     schema_rebuilt: usize,
+    /// Tables locked only by code the agent cannot see (DO, CALL, functions,
+    /// the body of a function being created).
+    locked_by_hidden_code: usize,
     /// SQLSTATE → messages where the server stopped at an error.
     server_errors: BTreeMap<String, usize>,
     /// Why the agent refused, by the first words of its reason.
@@ -1341,6 +1354,9 @@ struct Stats {
 }
 
 struct Effects {
+    /// Tables and views of the test's schemas the transaction holds a lock
+    /// on: every statement locks what it uses, utility statements included.
+    locked: Vec<String>,
     user: String,
     search_path: String,
     lexing: Vec<(String, String)>,
@@ -1362,7 +1378,23 @@ fn effects(c: &mut Raw) -> Option<Effects> {
     }
     let r = rows.into_iter().next()?;
     let g = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+    let mut locked = Vec::new();
+    for m in c.query(
+        "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_catalog.pg_locks l \
+         JOIN pg_catalog.pg_class c ON c.oid = l.relation \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' \
+         AND c.relkind IN ('r', 'v', 'm', 'p', 'f') \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+    ) {
+        match m {
+            Msg::Row(r) => locked.extend(r.into_iter().flatten()),
+            Msg::Error { .. } => return None,
+            _ => {}
+        }
+    }
     Some(Effects {
+        locked,
         user: format!("{}/{}", g(0), g(1)),
         search_path: g(2),
         lexing: vec![
@@ -1513,6 +1545,10 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
         let mut aborted = false;
         let mut refused = false;
         let mut set_role_seen = false;
+        // Every table the agent named in the case, and whether code it cannot
+        // see (DO, CALL, a user-defined function) ran.
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        let mut hidden_code = false;
         let mut escaped = false;
         for (mi, text) in case.iter().enumerate() {
             stats.messages += 1;
@@ -1559,9 +1595,27 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
             }
             let ast = a["statements"].as_array().cloned().unwrap_or_default();
             for st in &ast {
-                if strs(&st["facts"]["kinds"]).iter().any(|k| k == "set_role") {
+                let kinds = strs(&st["facts"]["kinds"]);
+                if kinds.iter().any(|k| k == "set_role") {
                     set_role_seen = true;
                 }
+                let fp = st["analysis"]["fingerprint"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
+                if kinds.iter().any(|k| k == "do" || k == "call")
+                    || fp.starts_with("CREATE FUNCTION")
+                    || fp.starts_with("CREATE OR REPLACE FUNCTION")
+                    || fp.starts_with("CREATE PROCEDURE")
+                    || fp.starts_with("CREATE OR REPLACE PROCEDURE")
+                    || strs(&st["facts"]["functions"])
+                        .iter()
+                        .any(|f| f.ends_with("f_del"))
+                {
+                    hidden_code = true;
+                }
+                named.extend(strs(&st["facts"]["tables_read"]));
+                named.extend(strs(&st["facts"]["tables_written"]));
             }
             let started = server.stmts.len();
             if !server.error && ast.len() != started {
@@ -1742,6 +1796,29 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
             && !refused
             && let Some(e) = effects(&mut c)
         {
+            for rel in &e.locked {
+                let (nsp, bare) = rel.split_once('.').unwrap_or(("", rel));
+                let ok = named.contains(rel)
+                    // Temporary tables: the agent qualifies them with the
+                    // search_path's schemas, the server puts them in pg_temp_N.
+                    || (nsp.starts_with("pg_temp") && named.iter().any(|n| n.rsplit('.').next() == Some(bare)))
+                    // The view's base table, locked as the view is expanded.
+                    || (rel == "public.orders" && named.contains("public.v_orders"));
+                if ok {
+                    continue;
+                }
+                if hidden_code {
+                    stats.locked_by_hidden_code += 1;
+                    continue;
+                }
+                stats.relations_checked += 1;
+                add(
+                    "table missing",
+                    format!(
+                        "the transaction locked {rel}, which no statement of the agent's names (it names {named:?})"
+                    ),
+                );
+            }
             if e.user != format!("{ROLE}/{ROLE}") && !set_role_seen {
                 add(
                     "role changed",
@@ -1858,7 +1935,7 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
         "differential: {} cases, {} messages, {} statements compared with the server's parse trees \
          ({} relations); agent refused {} messages (safe; {} of them the server ran), \
          server syntax errors {}, server stopped early {}, statements refused when analysed alone {}, \
-         utility tags not compared {}, schema rebuilt {}",
+         utility tags not compared {}, schema rebuilt {}, tables locked by DO/CALL/function bodies only {}",
         stats.cases,
         stats.messages,
         stats.statements_compared,
@@ -1870,6 +1947,7 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
         stats.pieces_refused_alone,
         stats.utility_tags_uncompared,
         stats.schema_rebuilt,
+        stats.locked_by_hidden_code,
     );
     println!(
         "differential: server errors by SQLSTATE {:?}",
