@@ -968,6 +968,7 @@ const SPLITS: &[&str] = &[
     r"DO $$BEGIN END$$; SELECT E'\'--', * FROM accounts",
     r"DO $$BEGIN END$$; SELECT E'\'/*', * FROM accounts WHERE '*/' = ''",
     r"DO $$BEGIN END$$; DELETE FROM audit WHERE what = E'\'--' OR true",
+    r"DO $$BEGIN END$$; SELECT E'esc\'; DELETE FROM orders; --' ; SELECT 2; CHECKPOINT",
 ];
 
 /// Sessions of several messages: settings changed by one message apply to the
@@ -1030,6 +1031,7 @@ fn sessions() -> Vec<Vec<String>> {
         "SET search_path TO DEFAULT",
         "SET search_path = '\"$user\"', private",
         r"SET search_path = E'priv\x61te'",
+        r"SET search_path = U&'priv\0061te'",
         "SELECT set_config('search_path', 'private', true)",
         "SELECT set_config('search_path', 'private', false)",
         "SELECT pg_catalog.set_config('search_path', 'private', true)",
@@ -1241,8 +1243,18 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ),
     (
         "table missing",
-        "search_path = E'",
+        "\"u&'",
+        "SET search_path = U&'priv\\0061te': later unqualified names resolve in `private`; the agent looks in `u&'private'`",
+    ),
+    (
+        "table missing",
+        "\"e'",
         "SET search_path = E'priv\\x61te': later unqualified names resolve in `private`; the agent looks in `e'private'`",
+    ),
+    (
+        "search_path",
+        ", \"u&'",
+        "SET search_path = U&'...': the agent takes the literal's spelling (u&'...') as the schema name",
     ),
     (
         "search_path",
@@ -1272,17 +1284,27 @@ const KNOWN: &[(&str, &str, &str)] = &[
     (
         "statement count",
         "E'esc\\'",
-        "the split at semicolons (texts with DO, CREATE RULE, ...) re-renders an E'' string unescaped and re-parses it",
+        "the split at semicolons (texts with DO, CREATE RULE, CHECKPOINT, ...) re-renders an E'' string unescaped and re-parses it",
+    ),
+    (
+        "boundary",
+        "E'esc\\'",
+        "the split at semicolons (texts with DO, CREATE RULE, CHECKPOINT, ...) re-renders an E'' string unescaped and re-parses it",
+    ),
+    (
+        "kind",
+        "E'esc\\'",
+        "the split at semicolons (texts with DO, CREATE RULE, CHECKPOINT, ...) re-renders an E'' string unescaped and re-parses it",
     ),
     (
         "boundary",
         "E'\\'",
-        "the split at semicolons (texts with DO, CREATE RULE, ...) re-renders an E'' string unescaped: the rest of the statement becomes a comment",
+        "the split at semicolons (texts with DO, CREATE RULE, CHECKPOINT, ...) re-renders an E'' string unescaped: the rest of the statement becomes a comment",
     ),
     (
         "table missing",
         "E'\\'",
-        "the split at semicolons (texts with DO, CREATE RULE, ...) re-renders an E'' string unescaped: the rest of the statement becomes a comment",
+        "the split at semicolons (texts with DO, CREATE RULE, CHECKPOINT, ...) re-renders an E'' string unescaped: the rest of the statement becomes a comment",
     ),
 ];
 
