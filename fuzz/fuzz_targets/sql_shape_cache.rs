@@ -21,10 +21,12 @@ fn json(a: &Analysis) -> String {
     for s in v.as_array_mut().into_iter().flatten() {
         if let Some(o) = s.as_object_mut() {
             o.remove("fingerprint");
-            if let Some(p) = o.get_mut("prepare").and_then(|p| p.get_mut(1)) {
-                if let Some(inner) = p.as_object_mut() {
-                    inner.remove("fingerprint");
-                }
+            if let Some(inner) = o
+                .get_mut("prepare")
+                .and_then(|p| p.get_mut(1))
+                .and_then(|p| p.as_object_mut())
+            {
+                inner.remove("fingerprint");
             }
         }
     }
