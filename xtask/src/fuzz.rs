@@ -61,7 +61,8 @@ pub struct Run {
     pub secs: u64,
 }
 
-/// Builds every target, then runs `targets` for `secs` seconds each.
+/// Builds every target, then runs `targets` for `secs` seconds each; fails
+/// after the last one if any failed.
 pub fn run(secs: u64, targets: &[String]) -> Result<Vec<Run>> {
     crate::setup::setup()?;
     ensure_cargo_fuzz()?;
@@ -82,6 +83,7 @@ pub fn run(secs: u64, targets: &[String]) -> Result<Vec<Run>> {
     )
     .context("building the fuzz targets")?;
     let mut runs = Vec::new();
+    let mut failures = Vec::new();
     for t in targets {
         let corpus = target_dir().join("fuzz-corpus").join(t);
         let artifacts = target_dir().join("fuzz-artifacts").join(t);
@@ -125,12 +127,15 @@ pub fn run(secs: u64, targets: &[String]) -> Result<Vec<Run>> {
             if why.is_empty() {
                 why = lines.iter().rev().take(20).rev().copied().collect();
             }
-            bail!(
+            let failure = format!(
                 "fuzz target {t} failed ({}); the input is under {}:\n{}",
                 out.status,
                 artifacts.display(),
                 why.join("\n")
             );
+            eprintln!("fuzz: {failure}");
+            failures.push(failure);
+            continue;
         }
         // libFuzzer's last line: "Done N runs in S second(s)".
         let done = stderr
@@ -147,6 +152,14 @@ pub fn run(secs: u64, targets: &[String]) -> Result<Vec<Run>> {
             executions,
             secs: secs_run,
         });
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} fuzz targets failed:\n{}",
+            failures.len(),
+            targets.len(),
+            failures.join("\n")
+        );
     }
     Ok(runs)
 }
