@@ -912,6 +912,72 @@ const TEMPLATES: &[&str] = &[
     "BEGIN",
     "CHECKPOINT",
     "RESET ROLE",
+    "SELECT * FROM {o} o TABLESAMPLE SYSTEM (50)",
+    "SELECT id, sum(amount) OVER w FROM {o} WINDOW w AS (PARTITION BY account_id)",
+    "INSERT INTO audit DEFAULT VALUES",
+    "UPDATE audit SET (id, what) = (SELECT id, owner FROM {a} LIMIT 1)",
+    "SELECT * FROM {o} NATURAL JOIN {a}",
+    "SELECT * FROM {o} JOIN {a} USING (id)",
+    "SELECT * FROM ROWS FROM (generate_series(1, {n})) g",
+    "SELECT * FROM {o} WHERE id = ANY (SELECT id FROM {a})",
+    "SELECT ARRAY(SELECT id FROM {a})",
+    "SELECT (SELECT owner FROM {a} LIMIT 1)::text",
+    "VALUES ((SELECT count(*) FROM {a}))",
+    "SELECT * FROM {o}, {a}",
+    "SELECT * FROM (TABLE {a}) x",
+    "WITH t AS MATERIALIZED (SELECT * FROM {a}) SELECT * FROM t",
+    "WITH t AS NOT MATERIALIZED (SELECT * FROM {a}) SELECT * FROM t",
+    "SELECT * FROM {o} WHERE EXISTS (TABLE {a})",
+    "SELECT 1 WHERE 1 IN (TABLE {t})",
+    "SELECT * FROM {o} UNION ALL (TABLE {a} LIMIT 0)",
+    "INSERT INTO audit (SELECT {n}, {s})",
+    "INSERT INTO audit VALUES ((SELECT count(*)::int FROM {a}), {s})",
+    "INSERT INTO audit TABLE audit",
+    "SELECT * FROM {o} JOIN LATERAL (SELECT * FROM {a} WHERE id = 1) a ON true",
+    "SELECT * FROM {o} o WHERE o.id IN (VALUES (1), (2))",
+    "SELECT * FROM {a} AS a(x, y)",
+    "SELECT * FROM {a} a, LATERAL generate_series(1, a.id) g",
+    "TABLE ONLY {o}",
+    "SELECT * FROM {o} FOR UPDATE OF o SKIP LOCKED",
+    "SELECT * FROM {o} o FOR NO KEY UPDATE OF o NOWAIT",
+    "SELECT DISTINCT ON (id) * FROM {o}",
+    "SELECT * FROM {o} FETCH FIRST 1 ROW ONLY",
+    "SELECT * FROM {o} WHERE item IN (SELECT owner FROM {a} UNION SELECT what FROM audit)",
+    "SELECT count(*) FILTER (WHERE id > {n}) FROM {a}",
+    "SELECT * FROM {o} WHERE (id, account_id) = (SELECT id, id FROM {a} LIMIT 1)",
+    "SELECT CASE WHEN EXISTS (SELECT FROM {a}) THEN 1 END",
+    "SELECT * FROM {o} o LEFT JOIN LATERAL (TABLE {a}) x ON true",
+    "DELETE FROM ONLY {o} WHERE id = {n}",
+    "UPDATE ONLY {o} SET note = {s} WHERE id = {n}",
+    "DELETE FROM {o} * WHERE id = {n}",
+    "SELECT * FROM {o} AS \"Alias\" WHERE \"Alias\".id = {n}",
+    "CREATE TEMP TABLE t_like (LIKE {a})",
+    "CREATE TEMP TABLE t_inh () INHERITS ({a})",
+    "ALTER TABLE audit RENAME TO audit2",
+    "CREATE INDEX ON audit USING btree (id) WHERE id > 0",
+    "COMMENT ON COLUMN audit.id IS {s}",
+    "CREATE TEMP VIEW vv2 AS TABLE {a}",
+    "CREATE MATERIALIZED VIEW mv AS SELECT * FROM {a}",
+    "REINDEX TABLE audit",
+    "CREATE INDEX audit_i ON audit (id); CLUSTER audit USING audit_i",
+    "ALTER TABLE audit ALTER COLUMN what SET DEFAULT {s}",
+    "CREATE TEMP SEQUENCE sq; SELECT nextval('sq')",
+    "SELECT 'public.accounts'::regclass",
+    "SELECT * FROM pg_catalog.pg_tables WHERE tablename = {s}",
+    "SELECT has_table_privilege('public.accounts', 'SELECT')",
+    "SELECT to_json(a) FROM {a} a",
+    "SELECT row_to_json(t) FROM (SELECT * FROM {o}) t",
+    "SELECT * FROM {o} WHERE note ~ {s}",
+    "SELECT {s} COLLATE \"C\"",
+    "SELECT * FROM {o} ORDER BY item COLLATE \"C\" USING <",
+    "SELECT * FROM unnest(ARRAY[1,2]) WITH ORDINALITY AS u(x, n)",
+    "SELECT id FROM {o} GROUP BY GROUPING SETS ((id), ())",
+    "SELECT * FROM {o} WHERE id BETWEEN SYMMETRIC {n} AND 2",
+    "SELECT * FROM {o} WHERE item SIMILAR TO {s}",
+    "SELECT * FROM {o} WHERE note IS DOCUMENT",
+    "SELECT OVERLAY({s} PLACING 'x' FROM 1 FOR 1), POSITION('a' IN {s}), SUBSTRING({s} FROM 1 FOR 2), TRIM(BOTH FROM {s})",
+    "SELECT EXTRACT(YEAR FROM now()), now() AT TIME ZONE 'UTC', INTERVAL '1 day', DATE '2026-01-01'",
+    "SELECT xmlelement(name x, {s})",
 ];
 
 /// Texts built to be split differently by a lexer that is not PostgreSQL's;
@@ -1217,6 +1283,31 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "PostgreSQL re-analyses a prepared statement with the search_path in force at EXECUTE; the agent keeps the PREPARE-time qualification",
     ),
     (
+        "table missing",
+        "\"PRIVATE.Accounts\"",
+        "TABLE x in a subquery, a join or a view is not case-folded",
+    ),
+    (
+        "table missing",
+        "\"public.U\"",
+        "TABLE U&\"...\" is read as a table named U",
+    ),
+    (
+        "table missing",
+        "\"audit.id\"",
+        "COMMENT ON COLUMN t.c names a table `t.c` (schema t) instead of t",
+    ),
+    (
+        "table missing",
+        "(LIKE ",
+        "CREATE TABLE ... (LIKE t) reads t's definition; the agent does not name t",
+    ),
+    (
+        "table missing",
+        "INHERITS",
+        "CREATE TABLE ... INHERITS (t) attaches a child table to t; the agent does not name t",
+    ),
+    (
         "role changed",
         "",
         "SET role = 'x', SET \"role\" = x and set_config('role', ...) are not classified set_role",
@@ -1377,8 +1468,9 @@ struct Stats {
 
 struct Effects {
     /// Tables and views of the test's schemas the transaction holds a lock
-    /// on: every statement locks what it uses, utility statements included.
-    locked: Vec<String>,
+    /// on (OID, name now): every statement locks what it uses, utility
+    /// statements included.
+    locked: Vec<(u32, String)>,
     user: String,
     search_path: String,
     lexing: Vec<(String, String)>,
@@ -1402,7 +1494,7 @@ fn effects(c: &mut Raw) -> Option<Effects> {
     let g = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
     let mut locked = Vec::new();
     for m in c.query(
-        "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_catalog.pg_locks l \
+        "SELECT DISTINCT c.oid::int8, n.nspname || '.' || c.relname FROM pg_catalog.pg_locks l \
          JOIN pg_catalog.pg_class c ON c.oid = l.relation \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' \
@@ -1410,7 +1502,11 @@ fn effects(c: &mut Raw) -> Option<Effects> {
          AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
     ) {
         match m {
-            Msg::Row(r) => locked.extend(r.into_iter().flatten()),
+            Msg::Row(r) => {
+                if let (Some(Some(oid)), Some(Some(name))) = (r.first(), r.get(1)) {
+                    locked.push((oid.parse().unwrap_or(0), name.clone()));
+                }
+            }
             Msg::Error { .. } => return None,
             _ => {}
         }
@@ -1818,14 +1914,16 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
             && !refused
             && let Some(e) = effects(&mut c)
         {
-            for rel in &e.locked {
+            for (oid, now) in &e.locked {
+                // The name the case started with (a RENAME changes it).
+                let rel = cat.rels.get(oid).unwrap_or(now);
                 let (nsp, bare) = rel.split_once('.').unwrap_or(("", rel));
                 let ok = named.contains(rel)
                     // Temporary tables: the agent qualifies them with the
                     // search_path's schemas, the server puts them in pg_temp_N.
                     || (nsp.starts_with("pg_temp") && named.iter().any(|n| n.rsplit('.').next() == Some(bare)))
                     // The view's base table, locked as the view is expanded.
-                    || (rel == "public.orders" && named.contains("public.v_orders"));
+                    || (rel.as_str() == "public.orders" && named.contains("public.v_orders"));
                 if ok {
                     continue;
                 }
