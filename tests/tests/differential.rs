@@ -1035,6 +1035,7 @@ const SPLITS: &[&str] = &[
     r"DO $$BEGIN END$$; SELECT E'\'/*', * FROM accounts WHERE '*/' = ''",
     r"DO $$BEGIN END$$; DELETE FROM audit WHERE what = E'\'--' OR true",
     r"DO $$BEGIN END$$; SELECT E'esc\'; DELETE FROM orders; --' ; SELECT 2; CHECKPOINT",
+    "CREATE TEMP VIEW vv3 AS TABLE accounts; CHECKPOINT; SELECT 1",
 ];
 
 /// Sessions of several messages: settings changed by one message apply to the
@@ -1299,13 +1300,18 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ),
     (
         "table missing",
-        "(LIKE ",
+        "(LIKE",
         "CREATE TABLE ... (LIKE t) reads t's definition; the agent does not name t",
     ),
     (
         "table missing",
         "INHERITS",
         "CREATE TABLE ... INHERITS (t) attaches a child table to t; the agent does not name t",
+    ),
+    (
+        "boundary",
+        "CHECKPOINT\": alone",
+        "CREATE VIEW v AS TABLE a; CHECKPOINT: the CHECKPOINT is missing from the agent's statements",
     ),
     (
         "role changed",
