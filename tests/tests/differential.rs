@@ -9,7 +9,8 @@
 //! `stmt_len`), its command type, and every relation it names with the
 //! privileges it needs (`requiredPerms`), every function it calls. PostgreSQL 15
 //! prints no tree for utility statements, so their kind comes from the
-//! CommandComplete tag and their tables are not compared.
+//! CommandComplete tag and their tables from the locks the transaction holds
+//! (`pg_locks`) when the case has run.
 //!
 //! The agent's view comes from `portcullis sql analyze --lines` (the proxy's
 //! analysis, cache and per-session search_path), for each message of a case in
@@ -18,8 +19,10 @@
 //! Compared, per message: the statement count; per statement: the agent's
 //! analysis of the statement alone equals its analysis inside the message (the
 //! boundaries are the server's), the kind, the nested data-modifying statements,
-//! every relation (written ones among the written), user-defined and dangerous
-//! functions; per case, effects: a changed role needs a `set_role` statement, a
+//! every relation (written ones among the written), where-less UPDATE and
+//! DELETE, user-defined and dangerous functions; per case: every table locked is
+//! named by the agent (unless only DO, CALL or a function body reached it), a
+//! changed role needs a `set_role` statement, a
 //! changed search_path must be among the agent's candidates, and a changed lexing
 //! setting (`standard_conforming_strings`, `client_encoding`, `backslash_quote`)
 //! needs a refusal. A message the agent refuses is safe and not compared further,
@@ -1994,7 +1997,12 @@ fn the_agent_splits_and_reads_statements_as_postgresql_does() {
             c.rows("SET client_min_messages = warning");
             c.rows(SCHEMA.trim());
             cat = catalog(&mut c);
-            c.rows("SET client_min_messages = log");
+            // Settings the text made outside the transaction stay for the
+            // session: back to the start.
+            c.rows(
+                "RESET ROLE; RESET ALL; SET debug_print_parse = on; \
+                 SET debug_pretty_print = off; SET client_min_messages = log",
+            );
             stats.schema_rebuilt += 1;
         }
         c.rows("DEALLOCATE ALL; CLOSE ALL; UNLISTEN *");
