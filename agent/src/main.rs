@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: recording::cli::SessionsCommand,
     },
+    /// SQL tools: how the agent reads statements (no policy, no server).
+    Sql {
+        #[command(subcommand)]
+        command: protocol::sql::cli::SqlCommand,
+    },
     /// Play a recorded session back with its original timing.
     Replay(recording::cli::ReplayArgs),
     /// Remove enforcement (unpin all programs and maps). Audited. Stops the agent.
@@ -412,6 +417,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => audit::bench::run(&args),
         Command::Sessions { command } => recording::cli::sessions(command),
         Command::Replay(args) => recording::cli::replay(args),
+        Command::Sql { command } => protocol::sql::cli::run(command),
         Command::Detach { target, yes } => {
             if !yes {
                 anyhow::bail!(

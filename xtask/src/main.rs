@@ -6,6 +6,7 @@
 mod bench;
 mod bench_pg;
 mod demo;
+mod fuzz;
 mod pgtools;
 mod setup;
 mod util;
@@ -21,11 +22,13 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup            install what is missing (nightly rust-src, LLVM-matched bpf-linker)
   build [--release] build the agent (kernel programs included)
-  test             run every test tier: lint, unit, policies, privileged end-to-end, demo smoke
+  test             run every test tier: lint, unit, policies, fuzz (20 s a target), privileged end-to-end, demo smoke
   demo [--smoke]   throwaway PostgreSQL + the agent at the cgroup v2 root + a short workload
   bench [NAME]     benchmarks printing ratios (NAME: datapath, policy, audit; default all)
   bench pg [--protocol tcp|postgres] [--rounds N] [--secs S] [--clients 1,8,32] [--scale N]
                    pgbench -S: direct vs pgbouncer vs the agent (root)
+  fuzz [--secs N] [TARGET ...]
+                   the cargo-fuzz targets in fuzz/ (default: all, 300 s each; docs/fuzzing.md)
   install          build release and install binary, unit file and config (as root)
   sweep            remove pins and cgroups left by crashed test runs";
 
@@ -59,6 +62,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             Some("pg") => bench_pg::bench_pg(&rest[1..]),
             name => bench::bench(name),
         },
+        "fuzz" => fuzz::fuzz(rest),
         "install" => install(),
         "sweep" => {
             util::sweep_test_leftovers();
@@ -121,6 +125,17 @@ fn test() -> Result<()> {
                     .arg(root.join("policies")))
             }),
         );
+    }
+    // libFuzzer targets (nightly, cargo-fuzz): a short run of each.
+    match fuzz::ensure_cargo_fuzz() {
+        Err(e) if !ci => {
+            eprintln!("xtask: SKIP fuzz: cargo-fuzz is not available: {e:#}");
+            skipped.push("fuzz".to_string());
+        }
+        _ => {
+            let all: Vec<String> = fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
+            tier("fuzz", fuzz::run(fuzz::TEST_SECS, &all).map(|_| ()));
+        }
     }
     if is_root() {
         tier(

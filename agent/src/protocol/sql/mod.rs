@@ -15,6 +15,7 @@
 
 mod analyze;
 mod cache;
+pub mod cli;
 mod decide;
 mod session;
 
