@@ -10,7 +10,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 use crate::policy::StatementFacts;
 use crate::policy::catalog::is_catalog_function;
@@ -1597,12 +1597,21 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
         Err(whole) => {
             // Statements sqlparser does not know (DO, CREATE RULE, ABORT, ...): split
             // the text at top-level semicolons and recognise them one by one.
-            let pieces = split_statements(tokens);
+            let pieces = match split_statements(sql) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Analysis {
+                        statements: Vec::new(),
+                        error: Some(e),
+                    };
+                }
+            };
             let mut out = Vec::new();
             for p in pieces {
                 // The terminating semicolon (which the split removed) is what
                 // sqlparser needs after `COPY ... FROM STDIN`.
-                match Parser::parse_sql(&dialect, &format!("{};", p.text)) {
+                // A newline first: the piece may end in a line comment.
+                match Parser::parse_sql(&dialect, &format!("{}\n;", p.text)) {
                     Ok(stmts) if uncertain(&stmts).is_some() => {
                         return Analysis {
                             statements: Vec::new(),
@@ -1656,41 +1665,82 @@ struct Piece {
     tokens: Vec<Token>,
 }
 
-fn split_statements(tokens: Vec<Token>) -> Vec<Piece> {
+/// Splits `sql` at top-level semicolons. Each piece's text is the original text
+/// between the semicolons, never the tokens rendered again: sqlparser renders
+/// some tokens differently from how they were written (`'it''s'` as `'it's'`,
+/// `E'\\''` unescaped), and a re-rendered piece would be parsed as other SQL than
+/// the server runs. A piece whose text does not tokenize to the same tokens is
+/// refused (Err).
+fn split_statements(sql: &str) -> Result<Vec<Piece>, String> {
+    let dialect = PostgreSqlDialect {};
+    let spanned = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| e.to_string())?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    // Byte offset of a token's start (lines and columns count from 1, columns in
+    // characters).
+    let offset = |loc: Location| -> Result<usize, String> {
+        let bad = || format!("the SQL text could not be split at {loc}");
+        let start = *line_starts
+            .get((loc.line as usize).checked_sub(1).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        let line = sql.get(start..).ok_or_else(bad)?;
+        let col = (loc.column as usize).checked_sub(1).ok_or_else(bad)?;
+        match line.char_indices().nth(col) {
+            Some((i, _)) => Ok(start + i),
+            None if line.chars().count() == col => Ok(start + line.len()),
+            None => Err(bad()),
+        }
+    };
     let mut out = Vec::new();
-    let mut text = String::new();
-    let mut sig = Vec::new();
+    let mut sig: Vec<Token> = Vec::new();
+    let mut from: Option<usize> = None;
     let mut depth = 0i32;
-    for t in tokens {
-        match &t {
+    let mut push = |from: usize, to: usize, sig: Vec<Token>| -> Result<(), String> {
+        let text = sql
+            .get(from..to)
+            .ok_or_else(|| "the SQL text could not be split".to_string())?
+            .to_string();
+        // The piece must read as exactly the tokens the split saw.
+        let again: Vec<Token> = Tokenizer::new(&dialect, &text)
+            .tokenize()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .collect();
+        if again != sig {
+            return Err("the SQL text could not be split into statements with certainty".into());
+        }
+        out.push(Piece { text, tokens: sig });
+        Ok(())
+    };
+    for t in spanned {
+        match &t.token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             _ => {}
         }
-        if matches!(t, Token::SemiColon) && depth <= 0 {
-            if !sig.is_empty() {
-                out.push(Piece {
-                    text: std::mem::take(&mut text),
-                    tokens: std::mem::take(&mut sig),
-                });
+        if matches!(t.token, Token::SemiColon) && depth <= 0 {
+            if let Some(f) = from.take() {
+                push(f, offset(t.span.start)?, std::mem::take(&mut sig))?;
             }
-            text.clear();
             depth = 0;
             continue;
         }
-        if !matches!(t, Token::Whitespace(_)) {
-            sig.push(t.clone());
+        if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
+            continue;
         }
-        match &t {
-            Token::Whitespace(Whitespace::SingleLineComment { .. })
-            | Token::Whitespace(Whitespace::MultiLineComment(_)) => text.push(' '),
-            _ => text.push_str(&t.to_string()),
+        if from.is_none() {
+            from = Some(offset(t.span.start)?);
         }
+        sig.push(t.token);
     }
-    if !sig.is_empty() {
-        out.push(Piece { text, tokens: sig });
+    if let Some(f) = from {
+        push(f, sql.len(), sig)?;
     }
-    out
+    Ok(out)
 }
 
 fn word(t: Option<&Token>) -> Option<String> {

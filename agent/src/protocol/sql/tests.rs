@@ -957,3 +957,36 @@ rules:
         );
     }
 }
+
+/// Texts that sqlparser cannot parse whole (DO, CHECKPOINT, CREATE RULE, ...) are
+/// split at semicolons; each piece is the text as written, so strings with
+/// doubled quotes or escapes keep hiding nothing and showing nothing extra.
+#[test]
+fn the_split_at_semicolons_reads_each_piece_as_written() {
+    for sql in [
+        "DO $$BEGIN END$$; SELECT E'\\'--', * FROM accounts",
+        "DO $$BEGIN END$$; SELECT 'a'';--', * FROM accounts",
+        "DO $$BEGIN END$$; SELECT \"a\"\";--\" FROM accounts",
+        "DO $$BEGIN END$$; SELECT U&'\\0027;--', * FROM accounts",
+        "CHECKPOINT; SELECT 'x'';DELETE FROM orders;--' FROM accounts -- c",
+    ] {
+        let f = raw(sql);
+        assert_eq!(f.len(), 2, "{sql}: two statements, got {f:?}");
+        assert_eq!(f[1].tables_read, s(&["accounts"]), "{sql}: {f:?}");
+        assert!(f[1].tables_written.is_empty(), "{sql}: {f:?}");
+    }
+    let i = analysis("DO $$BEGIN END$$; DELETE FROM audit WHERE what = E'\\'--' OR true");
+    assert_eq!(i.statements.len(), 2);
+    assert!(
+        i.statements[1].fingerprint.ends_with("OR ?"),
+        "the condition after the string is read: {}",
+        i.statements[1].fingerprint
+    );
+    let f =
+        raw("DO $$BEGIN END$$; SELECT E'esc\\'; DELETE FROM orders; --' ; SELECT 2; CHECKPOINT");
+    assert_eq!(f.len(), 4, "{f:?}");
+    assert!(
+        f.iter().all(|x| x.tables_written.is_empty()),
+        "no DELETE runs: {f:?}"
+    );
+}
