@@ -1471,7 +1471,46 @@ fn chain_depth(tokens: &[Token]) -> usize {
 }
 
 /// Refuses texts whose parse could take unbounded time (see [`MAX_CALL_NESTING`]).
+/// How many statements the text has between top-level semicolons (empty ones
+/// not counted), as the server splits a simple-query message.
+fn top_level_statements(tokens: &[Token]) -> usize {
+    let mut n = 0;
+    let mut depth = 0i32;
+    let mut open = false;
+    for t in tokens {
+        match t {
+            Token::Whitespace(_) | Token::EOF => continue,
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::SemiColon if depth <= 0 => {
+                depth = 0;
+                open = false;
+                continue;
+            }
+            _ => {}
+        }
+        if !open {
+            open = true;
+            n += 1;
+        }
+    }
+    n
+}
+
 fn guard(tokens: &[Token]) -> Result<(), String> {
+    // `U&"..."`: a Unicode-escaped identifier, which sqlparser reads as the name
+    // `U` followed by `&` and a quoted name.
+    for w in tokens.windows(3) {
+        if let [Token::Word(u), Token::Ampersand, Token::Word(q)] = w
+            && u.quote_style.is_none()
+            && u.value.eq_ignore_ascii_case("u")
+            && q.quote_style == Some('"')
+        {
+            return Err(
+                "a Unicode-escaped identifier (U&\"...\") is not read by the agent; write the name plainly".into(),
+            );
+        }
+    }
     let mut stack: Vec<bool> = Vec::new();
     let mut risky = 0usize;
     let mut deep = 0usize;
@@ -1580,6 +1619,19 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
         } else {
             Ok(stmts)
         }
+    });
+    // The parser must see as many statements as the text has between top-level
+    // semicolons, as the server does: a statement the parser swallowed (it read
+    // `CREATE VIEW v AS TABLE a; CHECKPOINT` as one) would never be decided.
+    let whole = whole.and_then(|stmts| {
+        let pieces = top_level_statements(&tokens);
+        if stmts.len() != pieces {
+            return Err(sqlparser::parser::ParserError::ParserError(format!(
+                "the SQL parser read {} statement(s) where the text has {pieces} between semicolons",
+                stmts.len()
+            )));
+        }
+        Ok(stmts)
     });
     // A parse the analysis cannot trust is no parse.
     let whole = whole.and_then(|stmts| match uncertain(&stmts) {

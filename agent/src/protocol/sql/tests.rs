@@ -990,3 +990,24 @@ fn the_split_at_semicolons_reads_each_piece_as_written() {
         "no DELETE runs: {f:?}"
     );
 }
+
+/// Where the parser sees fewer statements than the text has between semicolons,
+/// or reads a Unicode-escaped identifier as other names, the text is refused.
+#[test]
+fn statements_the_parser_would_miss_are_refused() {
+    // The parser reads this as two statements: the text is read piece by piece.
+    let f = raw("CREATE TEMP VIEW vv3 AS TABLE accounts; CHECKPOINT; SELECT 1");
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert_eq!(f[1].kinds, vec![K::Other], "{f:?}");
+    for sql in [
+        "SELECT * FROM orders o LEFT JOIN LATERAL (TABLE U&\"\\0061ccounts\") x ON true",
+        "SELECT * FROM u&\"\\0061ccounts\"",
+    ] {
+        let a = Analyzer::new(0).analyze(sql);
+        assert!(a.error.is_some(), "{sql}: refused, got {a:?}");
+    }
+    // Empty statements and a trailing semicolon are no statements.
+    assert_eq!(raw("SELECT 1;; SELECT 2;").len(), 2);
+    // `U & "x"` with spaces is an operator, not an identifier.
+    assert_eq!(raw("SELECT u & \"x\" FROM t").len(), 1);
+}
