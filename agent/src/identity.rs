@@ -418,6 +418,7 @@ mod tests {
             sock_cookie: 0,
             ktime_ns: u64::MAX / 2,
             exec_ktime_ns: 0,
+            start_ns: 0,
             comm: [0; 16],
         };
         let a = resolve(&conn, None, &CgroupResolver::new("/nonexistent".into()));
@@ -451,11 +452,20 @@ mod tests {
             sock_cookie: 0,
             ktime_ns: u64::MAX / 2,
             exec_ktime_ns: 100,
+            start_ns: 0,
             comm: [0; 16],
         };
         let cg = CgroupResolver::new("/nonexistent".into());
         // The exec seen at connect time is the one recorded: its path wins.
-        let same = ExecInfo { ktime_ns: 100, exe };
+        let same = ExecInfo {
+            ktime_ns: 100,
+            start_ns: 0,
+            dev: 0,
+            _pad: 0,
+            ino: 0,
+            exe,
+            script: [0; agent_common::EXE_LEN],
+        };
         let a = resolve(&conn, Some(same), &cg);
         assert_eq!(
             (a.exe.as_deref(), a.exe_source),
@@ -464,7 +474,10 @@ mod tests {
         assert!(!a.exec_changed);
         // A newer exec record: the process runs another program now, so neither the
         // record nor /proc tells what connected.
-        let later = ExecInfo { ktime_ns: 200, exe };
+        let later = ExecInfo {
+            ktime_ns: 200,
+            ..same
+        };
         let a = resolve(&conn, Some(later), &cg);
         assert!(a.exec_changed);
         assert!(a.exe.is_none() && a.cmdline.is_none(), "{a:?}");
