@@ -527,7 +527,7 @@ fn handle_event(shared: &Shared, ev: &agent_common::Event) {
                 .ok()
                 .and_then(|e| e.exec_of(ev.conn.tgid))
                 .filter(|x| ev.conn.exec_ktime_ns != 0 && x.ktime_ns == ev.conn.exec_ktime_ns)
-                .map(|x| identity::cstr(&x.exe))
+                .and_then(|x| identity::exec_path(&x, None).0)
                 .unwrap_or_else(|| format!("comm:{}", identity::cstr(&ev.conn.comm)));
             let key = FlowKey {
                 exe,
