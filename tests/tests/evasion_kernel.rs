@@ -114,6 +114,8 @@ fn find_session(recs: &[Value], pid: u64) -> &Value {
 /// CAP_NET_RAW (granted by container runtimes by default) reached the protected
 /// server directly. Now only sockets of the agent's own cgroup are exempt: the
 /// forged mark is redirected to the agent like any other connect, and recorded.
+/// That holds also for a workload in the very cgroup the agent was started in
+/// (the agent moves into a cgroup of its own).
 #[test]
 fn forged_so_mark_as_nobody_with_cap_net_raw_is_redirected() {
     if !privileged("forged_so_mark_as_nobody_with_cap_net_raw_is_redirected") {
@@ -121,24 +123,24 @@ fn forged_so_mark_as_nobody_with_cap_net_raw_is_redirected() {
     }
     let cg = TestCgroup::new();
     let unit = cg.unit("forger");
+    let agent_cg = cg.unit("agent");
     let server = Server::start("127.0.0.1:0", Reply::Echo, Some(unit.clone()));
     let port = server.port();
     // The attacker knows the mark: the agent is configured with the old
-    // published value, the worst case for the defence.
+    // published value, the worst case for the defence. The agent runs inside the
+    // enforced cgroup, so its own upstream connects must still be exempt.
     let agent = Agent::start(
         &cg.slice,
         &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY),
         AgentOpts {
+            agent_cgroup: Some(agent_cg.clone()),
             extra_config: format!("upstream_mark: {PUBLISHED_MARK}\n"),
             ..Default::default()
         },
     );
     let redirects0 = agent.counter("redirects");
-    let exempt0 = agent.counter("exempt");
-    let r = as_nobody_with_net_raw(
-        &unit,
-        &["mark-echo", "127.0.0.1", &port.to_string(), PUBLISHED_MARK],
-    );
+    let args = ["mark-echo", "127.0.0.1", &port.to_string(), PUBLISHED_MARK];
+    let r = as_nobody_with_net_raw(&unit, &args);
     assert_eq!(r["mark_set"], true, "SO_MARK was not even set: {r}");
     assert_eq!(
         server
@@ -147,19 +149,24 @@ fn forged_so_mark_as_nobody_with_cap_net_raw_is_redirected() {
         0,
         "a socket with a forged mark reached the protected server directly: {r}"
     );
+    // From the cgroup the agent was started in.
+    let r2 = as_nobody_with_net_raw(&agent_cg, &args);
+    assert_eq!(r2["mark_set"], true, "SO_MARK was not even set: {r2}");
     assert!(
-        agent.counter("redirects") > redirects0,
-        "the forged-mark connect was not redirected: {r}"
+        agent.counter("redirects") >= redirects0 + 2,
+        "the forged-mark connects were not redirected: {r} {r2}"
     );
-    assert_eq!(
-        agent.counter("exempt"),
-        exempt0,
-        "the forged-mark connect was counted as exempt"
+    let recs = agent.connections(2);
+    for r in [&r, &r2] {
+        let rec = find_session(&recs, r["pid"].as_u64().expect("pid"));
+        assert_eq!(rec["attribution"]["uid"], 65534, "{rec:#}");
+        assert_eq!(rec["decision"], "allow", "{rec:#}");
+        assert_eq!(r["reply"], "ping", "proxied by the agent: {r}");
+    }
+    assert!(
+        agent.counter("exempt") >= 2,
+        "the agent's own upstream connects must stay exempt"
     );
-    let pid = r["pid"].as_u64().expect("pid");
-    let recs = agent.connections(1);
-    let rec = find_session(&recs, pid);
-    assert_eq!(rec["attribution"]["uid"], 65534, "{rec:#}");
 }
 
 /// Raw IP sockets forge packets the connect hooks never see: refused (EPERM) in

@@ -151,6 +151,10 @@ pub fn setup() -> Result<()> {
         apt_install(&["util-linux"]).context("installing util-linux (setpriv, unshare)")?;
         did.push("util-linux");
     }
+    if !have(&["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]) {
+        apt_install(&["iproute2"]).context("installing iproute2 (ip, for the netns tests)")?;
+        did.push("iproute2");
+    }
     if !have(&["/usr/sbin/capsh", "/sbin/capsh"]) {
         apt_install(&["libcap2-bin"]).context("installing libcap2-bin (capsh)")?;
         did.push("libcap2-bin");
