@@ -326,7 +326,14 @@ pub fn resolve_with(
     // /proc is trusted only for the process that connected: same pid, started
     // no later than the connect (10 ms of slack for tick rounding).
     let start = proc_start_ns(pid);
-    let same_process = matches!(start, Some(s) if s <= conn.ktime_ns.saturating_add(10_000_000));
+    // With the start time the kernel read at connect, the process in /proc must
+    // have started then (to the clock tick /proc reports in); without it, no later
+    // than the connect.
+    let same_process = match (start, conn.start_ns) {
+        (Some(s), 0) => s <= conn.ktime_ns.saturating_add(10_000_000),
+        (Some(s), k) => s <= k.saturating_add(1_000_000) && k.saturating_sub(s) < 20_000_000,
+        (None, _) => false,
+    };
     a.exec_changed = execd_since;
     let alive = same_process && !execd_since;
     if let Some(e) = &exec_rec {
@@ -337,7 +344,11 @@ pub fn resolve_with(
         a.script = script_path(e, alive.then_some(pid));
     }
     if alive {
-        a.start_boot_ns = start;
+        a.start_boot_ns = if conn.start_ns != 0 {
+            Some(conn.start_ns)
+        } else {
+            start
+        };
         a.exe_sha256 = hasher.and_then(|h| h.hash_of(pid));
         let base = PathBuf::from(format!("/proc/{pid}"));
         // No exec record (the process predates the agent): the kernel's own link.
@@ -627,6 +638,21 @@ mod tests {
         };
         let a = resolve(&early, None, &CgroupResolver::new("/nonexistent".into()));
         assert!(a.exited && a.exe.is_none() && a.cmdline.is_none());
+        // The kernel's start time of the process that connected decides: another
+        // start time (a reused pid) is not this process, this one's is.
+        let own_start = proc_start_ns(me).expect("own start");
+        let reused = ConnInfo {
+            start_ns: own_start + 5_000_000_000,
+            ..conn
+        };
+        let a = resolve(&reused, None, &CgroupResolver::new("/nonexistent".into()));
+        assert!(a.exited && a.exe.is_none(), "{a:?}");
+        let same = ConnInfo {
+            start_ns: own_start + 3_000_000,
+            ..conn
+        };
+        let a = resolve(&same, None, &CgroupResolver::new("/nonexistent".into()));
+        assert!(!a.exited && a.exe.is_some(), "{a:?}");
     }
 
     #[test]
