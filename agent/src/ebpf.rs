@@ -3,7 +3,7 @@
 //! Pin layout under the bpffs directory (default `/sys/fs/bpf/portcullis`):
 //!
 //! ```text
-//! maps-v1/PC_*                              maps (layout version in the name)
+//! maps-v2/PC_*                              maps (layout version in the name)
 //! links/<program>-<cgroup id>-<object hash> one pinned link per attached program
 //! ```
 //!
@@ -126,7 +126,7 @@ pub struct ProgramStatus {
 }
 
 pub struct Enforcement {
-    /// Keeps freshly loaded programs and the exec tracepoint alive.
+    /// Keeps freshly loaded programs and the exec and fork hooks alive.
     ebpf: Ebpf,
     pub dir: PathBuf,
     pub cgroup: PathBuf,
@@ -524,7 +524,7 @@ impl Enforcement {
     }
 
     /// Attaches (or adopts) the enforcement programs and pins their links, then
-    /// removes pins of other generations. Also attaches the exec tracepoint.
+    /// removes pins of other generations. Also attaches the exec and fork hooks.
     pub fn attach(&mut self) -> Result<(), EbpfError> {
         let cgroup_file = std::fs::File::open(&self.cgroup).map_err(|e| EbpfError::Cgroup {
             path: self.cgroup.clone(),
