@@ -52,8 +52,11 @@ pub mod counter {
     pub const ESTABLISHED_UNKNOWN: u32 = 7;
     /// Raw IP, packet or XDP sockets refused in the enforced cgroup.
     pub const RAW_SOCKETS_REFUSED: u32 = 8;
+    /// Frames of packet sockets to protected destinations dropped at interface
+    /// egress (also counted in `BYPASS_DROPS`).
+    pub const PACKET_FRAMES_DROPPED: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     /// Names in index order, for status output.
     pub const NAMES: [&str; COUNT as usize] = [
         "connects",
@@ -65,6 +68,7 @@ pub mod counter {
         "established_rekeyed",
         "established_unknown",
         "raw_sockets_refused",
+        "packet_frames_dropped",
     ];
 }
 
@@ -113,6 +117,12 @@ pub struct Config {
     /// cgroup v2 id of the agent's own dedicated cgroup: its sockets are the only
     /// ones exempt from redirection. 0: nothing is exempt.
     pub agent_cgroup_id: u64,
+    /// cgroup v2 id of the enforced cgroup (where the programs are attached), for
+    /// the interface-level packet guard, which is not attached to a cgroup.
+    pub enforced_cgroup_id: u64,
+    /// Depth of the enforced cgroup below the cgroup v2 root (0: the root).
+    pub enforced_level: u32,
+    pub _pad1: u32,
 }
 
 /// Bits of [`Config::flags`].
@@ -129,6 +139,10 @@ pub const AF_XDP: u32 = 44;
 pub const SOCK_RAW: u32 = 3;
 /// SOCK_PACKET: the obsolete packet socket type of AF_INET.
 pub const SOCK_PACKET: u32 = 10;
+/// setsockopt levels and options the sockopt guard refuses.
+pub const SOL_PACKET: i32 = 263;
+pub const PACKET_QDISC_BYPASS: i32 = 20;
+pub const SOL_XDP: i32 = 283;
 
 /// What the kernel knew about a connect at the moment it happened.
 #[repr(C)]

@@ -33,8 +33,8 @@
 mod prog {
     use agent_common::{
         AF_INET, AF_INET6, AF_PACKET, AF_XDP, COMM_LEN, Config, ConnInfo, Event, ExecInfo,
-        IPPROTO_TCP, IPPROTO_UDP, SOCK_PACKET, SOCK_RAW, TargetKey, TargetValue, TupleKey,
-        config_flags, counter, event_kind, mapped_v4, verdict,
+        IPPROTO_TCP, IPPROTO_UDP, PACKET_QDISC_BYPASS, SOCK_PACKET, SOCK_RAW, SOL_PACKET, SOL_XDP,
+        TargetKey, TargetValue, TupleKey, config_flags, counter, event_kind, mapped_v4, verdict,
     };
     use aya_ebpf::{
         bindings::__sk_buff,
@@ -47,7 +47,8 @@ mod prog {
             },
         },
         macros::{
-            btf_tracepoint, cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops,
+            btf_tracepoint, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier,
+            lsm_cgroup, map, sock_ops,
         },
         maps::{
             Array, LruHashMap, PerCpuArray, RingBuf,
@@ -55,7 +56,7 @@ mod prog {
         },
         programs::{
             BtfTracePointContext, LsmContext, SkBuffContext, SockAddrContext, SockContext,
-            SockOpsContext,
+            SockOpsContext, SockoptContext, TcContext,
         },
     };
     use core::ptr::{read_volatile, write_volatile};
@@ -634,6 +635,114 @@ mod prog {
         let family: i32 = ctx.arg(0);
         let kern: i32 = ctx.arg(3);
         if kern == 0 && (family as u32 == AF_PACKET || family as u32 == AF_XDP) && refuse_raw() {
+            bump(counter::RAW_SOCKETS_REFUSED);
+            return 0;
+        }
+        1
+    }
+
+    /// Is this address and port (port 0: unknown) a protected destination?
+    #[inline(always)]
+    fn protected(addr: &[u8; 16], port: Option<u16>) -> bool {
+        if TARGET_ADDRS.get(&Key::new(128, *addr)).is_none() {
+            return false;
+        }
+        match port {
+            Some(p) => lookup_target(addr, p) != NO_TARGET,
+            // No readable port: the address alone decides, biased toward drop.
+            None => true,
+        }
+    }
+
+    /// Interface egress (tcx), on every interface: frames that a socket of the
+    /// enforced cgroup hands to a device without passing the cgroup egress hook
+    /// (packet sockets) are dropped when they go to a protected destination and do
+    /// not come from the agent. Everything else passes untouched (forwarded
+    /// traffic, other cgroups, kernel-made packets).
+    #[classifier]
+    pub fn pc_tc_egress(ctx: TcContext) -> i32 {
+        const TC_ACT_OK: i32 = 0;
+        const TC_ACT_SHOT: i32 = 2;
+        match tc_guard(&ctx) {
+            Ok(true) => TC_ACT_SHOT,
+            _ => TC_ACT_OK,
+        }
+    }
+
+    #[inline(always)]
+    fn tc_guard(ctx: &TcContext) -> Result<bool, i64> {
+        let Some(cfg) = CONFIG.get(0) else {
+            return Ok(false);
+        };
+        if cfg.flags & config_flags::REFUSE_RAW_SOCKETS == 0 || cfg.enforced_cgroup_id == 0 {
+            return Ok(false);
+        }
+        let skb: *mut __sk_buff = ctx.skb.skb;
+        // The sending socket's cgroup: 0 when there is no full socket.
+        let in_enforced =
+            unsafe { generated::bpf_skb_ancestor_cgroup_id(skb, cfg.enforced_level as i32) }
+                == cfg.enforced_cgroup_id;
+        if !in_enforced {
+            return Ok(false);
+        }
+        let mut l3 = 14usize;
+        let mut ethertype = u16::from_be(ctx.load::<u16>(12)?);
+        if ethertype == 0x8100 || ethertype == 0x88a8 {
+            ethertype = u16::from_be(ctx.load::<u16>(16)?);
+            l3 = 18;
+        }
+        let (addr, l4_proto, l4_off, frag) = match ethertype {
+            0x0800 => {
+                let first: u8 = ctx.load(l3)?;
+                let ihl = ((first & 0x0f) as usize) * 4;
+                let proto: u8 = ctx.load(l3 + 9)?;
+                let frag_off: u16 = u16::from_be(ctx.load::<u16>(l3 + 6)?);
+                let dst: [u8; 4] = ctx.load(l3 + 16)?;
+                (
+                    mapped_v4(dst),
+                    proto as u32,
+                    l3 + ihl,
+                    (frag_off & 0x1fff) != 0,
+                )
+            }
+            0x86dd => {
+                let next: u8 = ctx.load(l3 + 6)?;
+                let dst: [u8; 16] = ctx.load(l3 + 24)?;
+                (dst, next as u32, l3 + 40, false)
+            }
+            _ => return Ok(false),
+        };
+        let port = if (l4_proto == IPPROTO_TCP || l4_proto == IPPROTO_UDP) && !frag {
+            Some(u16::from_be(ctx.load::<u16>(l4_off + 2)?))
+        } else {
+            None
+        };
+        if !protected(&addr, port) {
+            return Ok(false);
+        }
+        let mark = unsafe { read_volatile(&(*skb).mark) };
+        if cfg.agent_cgroup_id != 0
+            && unsafe { bpf_skb_cgroup_id(skb) } == cfg.agent_cgroup_id
+            && (cfg.mark == 0 || mark == cfg.mark)
+        {
+            return Ok(false);
+        }
+        bump(counter::BYPASS_DROPS);
+        bump(counter::PACKET_FRAMES_DROPPED);
+        Ok(true)
+    }
+
+    /// setsockopt in the enforced cgroup: a packet socket may not skip the
+    /// qdisc layer (PACKET_QDISC_BYPASS hands frames to the driver past the
+    /// interface egress guard), and XDP sockets are not set up (SOL_XDP).
+    #[cgroup_sockopt(setsockopt)]
+    pub fn pc_setsockopt(ctx: SockoptContext) -> i32 {
+        let so = ctx.sockopt;
+        let level = unsafe { (*so).level };
+        let optname = unsafe { (*so).optname };
+        if ((level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP)
+            && refuse_raw()
+        {
             bump(counter::RAW_SOCKETS_REFUSED);
             return 0;
         }

@@ -28,8 +28,10 @@ use aya::{
     },
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        CgroupSockAddr, LsmCgroup, SockOps,
+        CgroupSockAddr, CgroupSockopt, LinkOrder, LsmCgroup, SchedClassifier, SockOps,
+        TcAttachType,
         links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
     },
 };
 use sha2::{Digest, Sha256};
@@ -68,6 +70,23 @@ pub const PROGRAMS: [&str; 5] = [
 /// (e.g. under lockdown, or without `bpf` in `lsm=`). Without it the agent runs,
 /// says so at start, in the audit log and in `portcullis status`.
 pub const PACKET_GUARD: &str = "pc_socket_create";
+/// The interface egress guard (tcx on every interface, pinned per interface):
+/// drops frames of packet sockets of the enforced cgroup to protected targets.
+pub const TC_GUARD: &str = "pc_tc_egress";
+
+/// (name, ifindex) of every network interface of the agent's network namespace.
+fn interfaces() -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> = nix::net::if_::if_nameindex()
+        .map(|l| {
+            l.iter()
+                .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|(_, i)| *i);
+    v
+}
+
 /// Attribution programs (BTF tracepoints, not cgroup-attached): re-attached on
 /// every start. (program, tracepoint)
 const ATTRIBUTION_PROGRAMS: [(&str, &str); 2] = [
@@ -138,6 +157,10 @@ pub struct Enforcement {
     pub mark: u32,
     /// Whether the packet/XDP socket guard is attached (why not, if not).
     pub packet_guard: Result<(), String>,
+    /// Interfaces whose egress drops packet-socket frames to protected targets.
+    pub tc_guarded: Vec<String>,
+    /// Whether the setsockopt guard is attached (why not, if not).
+    pub sockopt_guard: Result<(), String>,
     /// Held open: programs loaded after `open` reference every map by fd.
     _config: Array<MapData, Config>,
     targets: LpmTrie<MapData, TargetKey, TargetValue>,
@@ -278,6 +301,11 @@ impl Enforcement {
         let events =
             RingBuf::try_from(take(&mut ebpf, "PC_EVENTS")?).map_err(map_err("PC_EVENTS"))?;
         let mut cfg = cfg;
+        cfg.enforced_cgroup_id = cgroup_id;
+        cfg.enforced_level = cgroup2_root()
+            .ok()
+            .and_then(|r| cgroup.strip_prefix(r).ok().map(|p| p.components().count()))
+            .unwrap_or(0) as u32;
         if auto_mark {
             // Kept with the pins: an agent adopting them (or running next to a newer
             // generation during an upgrade) uses the same mark.
@@ -295,6 +323,8 @@ impl Enforcement {
             adopted: false,
             mark: cfg.mark,
             packet_guard: Err("not attached yet".into()),
+            tc_guarded: Vec::new(),
+            sockopt_guard: Err("not attached yet".into()),
             targets,
             target_addrs,
             tuples,
@@ -434,6 +464,43 @@ impl Enforcement {
             .join(format!("{prog}-{}-{short}", self.cgroup_id))
     }
 
+    /// Attaches the interface egress guard (tcx) to `ifname` and pins the link.
+    fn attach_tc(&mut self, ifname: &str, pin: &Path) -> Result<(), EbpfError> {
+        let name = TC_GUARD;
+        let prog_err = |source| EbpfError::Program { name, source };
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingProgram(name))?
+            .try_into()
+            .map_err(prog_err)?;
+        if p.fd().is_err() {
+            p.load().map_err(prog_err)?;
+        }
+        let id = p
+            .attach_with_options(
+                ifname,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(prog_err)?;
+        let link = p.take_link(id).map_err(prog_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| EbpfError::Pin {
+            path: pin.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let tmp = PathBuf::from(format!("{}_new", pin.display()));
+        let _ = std::fs::remove_file(&tmp);
+        fd_link.pin(&tmp).map_err(|e| EbpfError::Pin {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::rename(&tmp, pin).map_err(|e| EbpfError::Pin {
+            path: pin.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Loads `name`, attaches it to the enforced cgroup and pins its link at `pin`.
     fn attach_pinned(
         &mut self,
@@ -554,12 +621,54 @@ impl Enforcement {
                 "packet and XDP sockets are NOT refused in the enforced cgroup: the kernel refused the BPF LSM program"
             );
         }
-        // Only now that every program of this generation is pinned: drop the others.
-        let keep: Vec<PathBuf> = PROGRAMS
+        // The interface egress guard, on every interface present now.
+        let mut keep: Vec<PathBuf> = PROGRAMS
             .iter()
             .chain(std::iter::once(&PACKET_GUARD))
             .map(|n| self.link_pin(n, &hash))
             .collect();
+        self.tc_guarded = Vec::new();
+        for (ifname, ifindex) in interfaces() {
+            let pin = self.link_pin(&format!("{TC_GUARD}-if{ifindex}"), &hash);
+            let res = if pin.exists() && PinnedLink::from_pin(&pin).is_ok() {
+                Ok(())
+            } else {
+                self.attach_tc(&ifname, &pin)
+            };
+            match res {
+                Ok(()) => {
+                    keep.push(pin);
+                    self.tc_guarded.push(ifname);
+                }
+                Err(e) => tracing::warn!(
+                    interface = %ifname,
+                    error = %e,
+                    "packet socket frames to protected targets are not dropped on this interface"
+                ),
+            }
+        }
+        // The setsockopt guard (not pinned: aya cannot pin a sockopt link).
+        let sockopt = (|| -> Result<(), EbpfError> {
+            let prog_err = |source| EbpfError::Program {
+                name: "pc_setsockopt",
+                source,
+            };
+            let p: &mut CgroupSockopt = self
+                .ebpf
+                .program_mut("pc_setsockopt")
+                .ok_or(EbpfError::MissingProgram("pc_setsockopt"))?
+                .try_into()
+                .map_err(prog_err)?;
+            p.load().map_err(prog_err)?;
+            p.attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(prog_err)?;
+            Ok(())
+        })();
+        if let Err(e) = &sockopt {
+            tracing::warn!(error = %e, "PACKET_QDISC_BYPASS and SOL_XDP are NOT refused in the enforced cgroup");
+        }
+        self.sockopt_guard = sockopt.map_err(|e| e.to_string());
+        // Only now that every program of this generation is pinned: drop the others.
         if let Ok(rd) = std::fs::read_dir(self.dir.join("links")) {
             for e in rd.flatten() {
                 let p = e.path();

@@ -43,6 +43,10 @@ pub fn kernel_config(cfg: &AgentConfig, agent_cgroup_id: u64) -> Config {
             RawSockets::Allow => 0,
         },
         agent_cgroup_id,
+        // Filled in by Enforcement::open from the cgroup it attaches to.
+        enforced_cgroup_id: 0,
+        enforced_level: 0,
+        _pad1: 0,
     }
 }
 
@@ -269,6 +273,8 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<Outcome> {
             "packet_sockets_refused": enforcement.packet_guard.is_ok()
                 && cfg.raw_sockets == RawSockets::Refuse,
             "packet_guard_error": enforcement.packet_guard.as_ref().err(),
+            "packet_frames_dropped_on": enforcement.tc_guarded,
+            "sockopt_guard_error": enforcement.sockopt_guard.as_ref().err(),
             "object_sha256": enforcement.object_hash,
             "policy_hash": policy.hash,
             "policy_files": policy.files,

@@ -51,6 +51,32 @@ try:
         socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)
     elif mode == "packet":
         socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    elif mode == "packet-udp":
+        # A hand-made Ethernet/IPv4/UDP frame on lo, through a packet socket.
+        import struct
+        host, port, payload = sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+        def csum(b):
+            t = 0
+            for i in range(0, len(b), 2):
+                t += (b[i] << 8) + (b[i + 1] if i + 1 < len(b) else 0)
+            while t >> 16:
+                t = (t & 0xFFFF) + (t >> 16)
+            return (~t) & 0xFFFF
+        udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+        # From 127.0.0.2: a source that is one of the host's own addresses is a
+        # martian on input.
+        src, dst = socket.inet_aton("127.0.0.2"), socket.inet_aton(host)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+        s.bind(("lo", 0))
+        res["sent"] = s.send(b"\0" * 12 + b"\x08\x00" + ip + udp)
+    elif mode == "qdisc-bypass":
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+        s.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS
+    elif mode == "xdp":
+        s = socket.socket(44, socket.SOCK_RAW)  # AF_XDP
+        s.setsockopt(283, 4, b"\0" * 24)  # SOL_XDP, XDP_UMEM_REG
     res["ok"] = True
 except OSError as e:
     res["ok"] = False
@@ -209,23 +235,99 @@ fn raw_ip_sockets_are_refused_and_counted_unless_allowed() {
     assert_eq!(r["ok"], true, "raw_sockets: allow must allow it: {r}");
 }
 
-/// Packet and XDP sockets skip the cgroup egress hook altogether: refused when
-/// the kernel accepts the BPF LSM guard. Where it does not (this kernel refuses
-/// BPF LSM programs), the agent must say so: at start, in the audit log and in
-/// its status, never silently.
+/// Packet and XDP sockets skip the cgroup egress hook altogether. Before, a
+/// process of the enforced cgroup with CAP_NET_RAW could hand a frame to a
+/// device and reach a protected port. Now: the socket is refused where the
+/// kernel loads the BPF LSM guard; everywhere, the interface egress guard drops
+/// such frames to protected targets (counted), and the options that would skip
+/// it (PACKET_QDISC_BYPASS) or set up an XDP socket are refused. The same frame
+/// from outside the enforced cgroup arrives: the frame itself is good.
+///
+/// A frame to 127.0.0.1 handed to `lo` is delivered only with `route_localnet`
+/// on, so the agent, the server and both senders run in a network namespace of
+/// the test's own where it is on (the host's setting is not touched).
 #[test]
-fn packet_sockets_are_refused_or_the_gap_is_reported() {
-    if !privileged("packet_sockets_are_refused_or_the_gap_is_reported") {
+fn packet_socket_frames_to_a_protected_target_are_dropped() {
+    if !privileged("packet_socket_frames_to_a_protected_target_are_dropped") {
         return;
     }
     let cg = TestCgroup::new();
     let unit = cg.unit("packet");
-    let server = Server::start("127.0.0.1:0", Reply::Echo, None);
+    let port = free_port();
     let agent = Agent::start(
         &cg.slice,
-        &policy(&["127.0.0.1"], &[server.port()], ALLOW_PY, RULE_PY),
-        AgentOpts::default(),
+        &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY),
+        AgentOpts {
+            exec_prefix: [
+                "unshare",
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up && sysctl -qw net.ipv4.conf.lo.route_localnet=1 && exec \"$@\"",
+                "own-netns",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            ..Default::default()
+        },
     );
+    let agent_pid = agent.child.as_ref().expect("agent runs").id();
+    let netns = format!("/proc/{agent_pid}/ns/net");
+    // The protected UDP port, served in the agent's network namespace.
+    let server_py = format!(
+        r#"
+import socket, sys, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", {port}))
+u.settimeout(0.2)
+print("ready", flush=True)
+end = time.time() + 30
+while time.time() < end:
+    try:
+        print(u.recv(256).decode(errors="replace"), flush=True)
+    except socket.timeout:
+        pass
+"#
+    );
+    let mut server = Command::new("nsenter")
+        .args([
+            &format!("--net={netns}"),
+            "/usr/bin/python3",
+            "-c",
+            &server_py,
+        ])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the UDP server");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = server.stdout.take().expect("server stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).as_deref(),
+        Ok("ready"),
+        "UDP server did not start"
+    );
+    let got = |want: &str, wait: Duration| -> bool {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Ok(m) = rx.recv_timeout(Duration::from_millis(100))
+                && m == want
+            {
+                return true;
+            }
+        }
+        false
+    };
     let status = agent.status();
     let guard_pinned = status["enforcement"]["programs"]
         .as_array()
@@ -237,29 +339,100 @@ fn packet_sockets_are_refused_or_the_gap_is_reported() {
         .into_iter()
         .find(|r| r["event"] == "agent_start")
         .expect("agent_start record");
-    let r = as_nobody_with_net_raw(&unit, &["packet"]);
+    assert!(
+        start["packet_frames_dropped_on"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i == "lo")),
+        "the interface guard must be on lo: {start:#}"
+    );
+    let nsenter = format!("--net={netns}");
+    let in_ns = |args: &[&str]| -> Value {
+        let mut argv = vec![
+            "nsenter",
+            nsenter.as_str(),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all,+net_raw",
+            "--ambient-caps=-all,+net_raw",
+            "--bounding-set=-all,+net_raw",
+            "/usr/bin/python3",
+            "-c",
+            ATTACK_PY,
+        ];
+        argv.extend_from_slice(args);
+        let out = in_cgroup(&unit, &argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the attacker");
+        let v = json_line(&out, "the attacker");
+        assert_eq!(
+            (v["uid"].as_u64(), v["cap_eff"].as_u64()),
+            (Some(65534), Some(CAP_NET_RAW)),
+            "attacker must be nobody with CAP_NET_RAW only: {v}"
+        );
+        v
+    };
+    let dropped0 = agent.counter("packet_frames_dropped");
+    let p = port.to_string();
+    let r = in_ns(&["packet-udp", "127.0.0.1", &p, "from-inside"]);
+    assert!(
+        !got("from-inside", Duration::from_secs(1)),
+        "a packet-socket frame from the enforced cgroup reached the protected port: {r}"
+    );
     if guard_pinned {
-        assert_eq!(r["ok"], false, "packet socket was created: {r}");
-        assert_eq!(r["errno"], 1, "EPERM expected: {r}");
+        assert_eq!(
+            (r["ok"].clone(), r["errno"].clone()),
+            (false.into(), 1.into()),
+            "{r}"
+        );
         assert_eq!(start["packet_sockets_refused"], true, "{start:#}");
     } else {
+        // Dropped at the device: the sender sees ENOBUFS (or nothing).
+        assert!(
+            r["ok"] == true || r["errno"] == 105,
+            "the frame was not even sent: {r}"
+        );
+        assert!(
+            agent.counter("packet_frames_dropped") > dropped0,
+            "the dropped frame was not counted"
+        );
         assert_eq!(start["packet_sockets_refused"], false, "{start:#}");
         assert!(
             start["packet_guard_error"].as_str().is_some(),
             "the audit record must say why packet sockets are not refused: {start:#}"
         );
-        assert!(
-            agent
-                .log()
-                .contains("packet and XDP sockets are NOT refused"),
-            "the agent must warn at start:\n{}",
-            agent.log()
-        );
-        eprintln!(
-            "NOTE: this kernel refuses BPF LSM programs ({}); packet sockets are not refused here: {r}",
-            start["packet_guard_error"]
-        );
     }
+    // The options that would skip the guard, or set up an XDP socket.
+    for mode in ["qdisc-bypass", "xdp"] {
+        let r = in_ns(&[mode]);
+        assert_eq!(r["ok"], false, "{mode} was allowed: {r}");
+        assert_eq!(r["errno"], 1, "{mode}: EPERM expected: {r}");
+    }
+    // Control: the same frame, from outside the enforced cgroup, arrives.
+    let out = Command::new("nsenter")
+        .args([
+            nsenter.as_str(),
+            "/usr/bin/python3",
+            "-c",
+            ATTACK_PY,
+            "packet-udp",
+            "127.0.0.1",
+            &p,
+            "from-outside",
+        ])
+        .output()
+        .expect("run control");
+    let c = json_line(&out, "control");
+    assert_eq!(c["ok"], true, "{c}");
+    let arrived = got("from-outside", Duration::from_secs(3));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        arrived,
+        "the control frame never arrived, so the test proves nothing: {c}"
+    );
 }
 
 /// A connection record planted from another network namespace: a workload in
