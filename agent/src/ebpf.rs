@@ -147,6 +147,8 @@ pub struct ProgramStatus {
 pub struct Enforcement {
     /// Keeps freshly loaded programs and the exec and fork hooks alive.
     ebpf: Ebpf,
+    /// The running kernel's BTF (to load BTF tracepoints and LSM programs).
+    btf: aya::Btf,
     pub dir: PathBuf,
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
@@ -272,7 +274,10 @@ impl Enforcement {
         }
         let cgroup_id = cgroup_id(cgroup)?;
         let offsets = kernel_btf::Offsets::from_sys_fs()?;
+        // The kernel's BTF, parsed once: for the loader and for BTF/LSM programs.
+        let btf = kernel_btf::aya_btf()?;
         let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf));
         for name in MAP_NAMES {
             loader.map_pin_path(name, maps_dir.join(name));
         }
@@ -315,6 +320,7 @@ impl Enforcement {
         config.set(0, cfg, 0).map_err(map_err("PC_CONFIG"))?;
         let mut me = Self {
             ebpf,
+            btf,
             _config: config,
             dir: dir.to_owned(),
             cgroup: cgroup.to_owned(),
@@ -568,9 +574,8 @@ impl Enforcement {
                 })?
             }
             _ => {
-                let btf = kernel_btf::aya_btf()?;
                 let p: &mut LsmCgroup = program.try_into().map_err(prog_err)?;
-                p.load("socket_create", &btf).map_err(prog_err)?;
+                p.load("socket_create", &self.btf).map_err(prog_err)?;
                 let id = p.attach(cgroup_file).map_err(prog_err)?;
                 let link = p.take_link(id).map_err(prog_err)?;
                 FdLink::from(link)
@@ -681,7 +686,6 @@ impl Enforcement {
         self.adopted = adopted_all;
         // The exec and fork hooks feed attribution only; they are re-attached on
         // every start. BTF programs: no tracefs is needed.
-        let btf = kernel_btf::aya_btf()?;
         for (name, hook) in ATTRIBUTION_PROGRAMS {
             let prog_err = |source| EbpfError::Program { name, source };
             let program = self
@@ -689,7 +693,7 @@ impl Enforcement {
                 .program_mut(name)
                 .ok_or(EbpfError::MissingProgram(name))?;
             let p: &mut BtfTracePoint = program.try_into().map_err(prog_err)?;
-            p.load(hook, &btf).map_err(prog_err)?;
+            p.load(hook, &self.btf).map_err(prog_err)?;
             p.attach().map_err(prog_err)?;
         }
         Ok(())
