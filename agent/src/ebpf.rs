@@ -921,14 +921,18 @@ pub mod kernel_btf {
     struct Type {
         name_off: u32,
         kind: u32,
+        kind_flag: bool,
         /// Referenced type (typedef, const, ...), for modifiers.
         ty: u32,
-        members: Vec<Member>,
+        /// Where a struct's or union's members start in the type section.
+        members_at: u32,
+        vlen: u16,
     }
 
-    /// The struct, union and modifier types of a BTF blob (enough to find member
-    /// offsets; other kinds are kept only as placeholders).
+    /// The types of a BTF blob, with members read from the type section only
+    /// when asked for (start-up parses the kernel's BTF, ~150,000 types).
     struct Types<'a> {
+        tsec: &'a [u8],
         strings: &'a [u8],
         types: Vec<Type>,
     }
@@ -957,12 +961,15 @@ pub mod kernel_btf {
                 .get(hdr_len + str_off..hdr_len + str_off + str_len)
                 .ok_or("string section out of bounds")?;
             // Type id 0 is void.
-            let mut types = vec![Type {
+            let mut types = Vec::with_capacity(tsec.len() / 24);
+            types.push(Type {
                 name_off: 0,
                 kind: 0,
+                kind_flag: false,
                 ty: 0,
-                members: Vec::new(),
-            }];
+                members_at: 0,
+                vlen: 0,
+            });
             let mut o = 0;
             while o < tsec.len() {
                 let name_off = u32_at(tsec, o)?;
@@ -971,34 +978,44 @@ pub mod kernel_btf {
                 o += 12;
                 let vlen = (info & 0xffff) as usize;
                 let kind = (info >> 24) & 0x1f;
-                let kind_flag = info >> 31 == 1;
-                let mut members = Vec::new();
+                let members_at = o as u32;
                 match kind {
                     KIND_INT | KIND_VAR | KIND_DECL_TAG => o += 4,
                     KIND_ARRAY => o += 12,
-                    KIND_STRUCT | KIND_UNION => {
-                        for _ in 0..vlen {
-                            let off = u32_at(tsec, o + 8)?;
-                            members.push(Member {
-                                name_off: u32_at(tsec, o)?,
-                                ty: u32_at(tsec, o + 4)?,
-                                bit_offset: if kind_flag { off & 0x00ff_ffff } else { off },
-                            });
-                            o += 12;
-                        }
-                    }
+                    KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => o += 12 * vlen,
                     KIND_ENUM | KIND_FUNC_PROTO => o += 8 * vlen,
-                    KIND_DATASEC | KIND_ENUM64 => o += 12 * vlen,
                     _ => {}
+                }
+                if o > tsec.len() {
+                    return Err(format!("type section truncated at byte {o}"));
                 }
                 types.push(Type {
                     name_off,
                     kind,
+                    kind_flag: info >> 31 == 1,
                     ty: size_or_type,
-                    members,
+                    members_at,
+                    vlen: vlen as u16,
                 });
             }
-            Ok(Self { strings, types })
+            Ok(Self {
+                tsec,
+                strings,
+                types,
+            })
+        }
+
+        fn members(&self, t: &Type) -> impl Iterator<Item = Member> + '_ {
+            let (at, flag) = (t.members_at as usize, t.kind_flag);
+            (0..usize::from(t.vlen)).filter_map(move |i| {
+                let o = at + 12 * i;
+                let off = u32_at(self.tsec, o + 8).ok()?;
+                Some(Member {
+                    name_off: u32_at(self.tsec, o).ok()?,
+                    ty: u32_at(self.tsec, o + 4).ok()?,
+                    bit_offset: if flag { off & 0x00ff_ffff } else { off },
+                })
+            })
         }
 
         fn name(&self, off: u32) -> &[u8] {
@@ -1036,12 +1053,13 @@ pub mod kernel_btf {
             if depth > 8 || !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
                 return None;
             }
-            for m in &t.members {
-                if m.name_off != 0 && self.name(m.name_off) == member {
-                    return Some((m.bit_offset, m.ty));
-                }
+            if let Some(m) = self
+                .members(t)
+                .find(|m| m.name_off != 0 && self.name(m.name_off) == member)
+            {
+                return Some((m.bit_offset, m.ty));
             }
-            t.members.iter().filter(|m| m.name_off == 0).find_map(|m| {
+            self.members(t).filter(|m| m.name_off == 0).find_map(|m| {
                 let (bits, ty) = self.find(m.ty, member, depth + 1)?;
                 Some((m.bit_offset + bits, ty))
             })
@@ -1054,7 +1072,7 @@ pub mod kernel_btf {
                     .iter()
                     .position(|t| {
                         t.kind == KIND_STRUCT
-                            && !t.members.is_empty()
+                            && t.vlen != 0
                             && self.name(t.name_off) == strukt.as_bytes()
                     })
                     .ok_or_else(|| format!("struct {strukt} not found"))? as u32;
