@@ -50,8 +50,13 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 5;
     pub const ESTABLISHED_REKEYED: u32 = 6;
     pub const ESTABLISHED_UNKNOWN: u32 = 7;
+    /// Raw IP, packet or XDP sockets refused in the enforced cgroup.
+    pub const RAW_SOCKETS_REFUSED: u32 = 8;
+    /// Frames of packet sockets to protected destinations dropped at interface
+    /// egress (also counted in `BYPASS_DROPS`).
+    pub const PACKET_FRAMES_DROPPED: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     /// Names in index order, for status output.
     pub const NAMES: [&str; COUNT as usize] = [
         "connects",
@@ -62,6 +67,8 @@ pub mod counter {
         "events_lost",
         "established_rekeyed",
         "established_unknown",
+        "raw_sockets_refused",
+        "packet_frames_dropped",
     ];
 }
 
@@ -102,15 +109,40 @@ pub struct Config {
     /// The agent's listener port, host order, same on both families.
     pub listen_port: u16,
     pub _pad0: u16,
-    /// SO_MARK the agent puts on its upstream sockets; 0 disables mark exemption.
+    /// SO_MARK the agent puts on its upstream sockets. A socket is exempt only when
+    /// it belongs to `agent_cgroup_id` *and* carries this mark (0: the cgroup alone).
     pub mark: u32,
-    /// Offset of `child_pid` in the sched_process_fork tracepoint record (read from
-    /// tracefs by the agent; the layout changed across kernels). 0 disables fork
-    /// tracking.
-    pub fork_child_pid_offset: u32,
-    /// cgroup v2 id whose sockets are exempt (the agent's own); 0 disables.
+    /// Bits of [`config_flags`].
+    pub flags: u32,
+    /// cgroup v2 id of the agent's own dedicated cgroup: its sockets are the only
+    /// ones exempt from redirection. 0: nothing is exempt.
     pub agent_cgroup_id: u64,
+    /// cgroup v2 id of the enforced cgroup (where the programs are attached), for
+    /// the interface-level packet guard, which is not attached to a cgroup.
+    pub enforced_cgroup_id: u64,
+    /// Depth of the enforced cgroup below the cgroup v2 root (0: the root).
+    pub enforced_level: u32,
+    pub _pad1: u32,
 }
+
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// Refuse raw IP sockets (cgroup/sock_create) and packet / XDP sockets
+    /// (LSM socket_create) to processes in the enforced cgroup.
+    pub const REFUSE_RAW_SOCKETS: u32 = 1;
+}
+
+/// Address families refused by the socket_create hook.
+pub const AF_PACKET: u32 = 17;
+pub const AF_XDP: u32 = 44;
+/// SOCK_RAW as the kernel numbers it (the type without SOCK_NONBLOCK / SOCK_CLOEXEC).
+pub const SOCK_RAW: u32 = 3;
+/// SOCK_PACKET: the obsolete packet socket type of AF_INET.
+pub const SOCK_PACKET: u32 = 10;
+/// setsockopt levels and options the sockopt guard refuses.
+pub const SOL_PACKET: i32 = 263;
+pub const PACKET_QDISC_BYPASS: i32 = 20;
+pub const SOL_XDP: i32 = 283;
 
 /// What the kernel knew about a connect at the moment it happened.
 #[repr(C)]
@@ -136,29 +168,53 @@ pub struct ConnInfo {
     pub sock_cookie: u64,
     /// CLOCK_BOOTTIME nanoseconds at connect.
     pub ktime_ns: u64,
-    /// CLOCK_BOOTTIME nanoseconds of the exec recorded for `tgid`, 0 if none was seen.
+    /// CLOCK_BOOTTIME nanoseconds of the exec recorded for `tgid`, 0 if none was
+    /// seen or the record belongs to an earlier process with the same pid.
     pub exec_ktime_ns: u64,
+    /// CLOCK_BOOTTIME nanoseconds when the connecting process started (its thread
+    /// group leader's `start_boottime`), 0 if it could not be read.
+    pub start_ns: u64,
     pub comm: [u8; COMM_LEN],
 }
 
 /// Key of the established-connections map: the client's own address and port,
-/// which is what the agent sees as the peer of an accepted connection.
+/// which is what the agent sees as the peer of an accepted connection, and the
+/// network namespace of the client's socket (a record made in another network
+/// namespace never matches a connection accepted in the agent's).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TupleKey {
     pub addr: [u8; 16],
-    /// Port, host order (u32 to keep the key free of padding).
+    /// Port, host order.
     pub port: u32,
+    pub _pad: u32,
+    /// Inode number of the client socket's network namespace (as stat(2) shows
+    /// /proc/<pid>/ns/net).
+    pub netns_ino: u64,
 }
 
-/// Executable captured by the exec tracepoint (or inherited at fork), keyed by tgid.
+/// Executable captured at exec (or inherited at fork), keyed by tgid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExecInfo {
     /// CLOCK_BOOTTIME nanoseconds when the exec (or fork) was seen.
     pub ktime_ns: u64,
-    /// NUL-terminated path as passed to exec (resolved by the kernel for the tracepoint).
+    /// CLOCK_BOOTTIME nanoseconds when the process started: a record whose start
+    /// differs from the process now holding the pid belongs to an earlier process.
+    pub start_ns: u64,
+    /// Device of the file the kernel executed (`bprm->file`), as the kernel
+    /// encodes it (`MKDEV`: major << 20 | minor).
+    pub dev: u32,
+    pub _pad: u32,
+    /// Inode number of the file the kernel executed.
+    pub ino: u64,
+    /// NUL-terminated path the kernel ran the file as (`bprm->interp`): the name
+    /// given to exec, or the interpreter's path for a script. It may be relative or
+    /// a symlink; the agent trusts it only when it resolves to `dev` and `ino`.
     pub exe: [u8; EXE_LEN],
+    /// NUL-terminated name given to exec when an interpreter runs it (a script;
+    /// `bprm->filename`), empty otherwise.
+    pub script: [u8; EXE_LEN],
 }
 
 /// Ring buffer record.
@@ -176,10 +232,12 @@ pub struct Event {
 }
 
 impl TupleKey {
-    pub const fn new(addr: [u8; 16], port: u16) -> Self {
+    pub const fn new(addr: [u8; 16], port: u16, netns_ino: u64) -> Self {
         Self {
             addr,
             port: port as u32,
+            _pad: 0,
+            netns_ino,
         }
     }
 }

@@ -7,10 +7,23 @@
 //!   record by the client's own address and port, which the agent sees as the peer of
 //!   the accepted connection.
 //! - `pc_egress` (cgroup_skb/egress): drops any packet to a protected destination that
-//!   does not carry the agent's mark (raw sockets, unconnected UDP, sockets connected
-//!   before enforcement began) and counts it as a bypass attempt.
-//! - `pc_exec` (tracepoint sched/sched_process_exec): records the executable of each
-//!   process at exec time, so attribution survives a client that exits at once.
+//!   does not come from the agent's own cgroup with the agent's mark (raw sockets,
+//!   unconnected UDP, sockets connected before enforcement began) and counts it as a
+//!   bypass attempt.
+//! - `pc_sock_create` (cgroup/sock_create) and `pc_socket_create` (lsm_cgroup
+//!   socket_create): refuse raw IP sockets, and packet and XDP sockets, to processes
+//!   in the enforced cgroup (they skip the connect hooks or the egress hook).
+//! - `pc_exec` (tp_btf sched_process_exec): records the device and inode of the
+//!   file the kernel executed, the path it ran it as, the script when an
+//!   interpreter runs one, and the process start time, so attribution survives a
+//!   client that exits at once; the agent accepts a path only when it resolves to
+//!   that device and inode.
+//! - `pc_fork` (tp_btf sched_process_fork): a forked child inherits its parent's
+//!   record (it runs the same program).
+//!
+//! None of these needs tracefs. Kernel structure offsets (linux_binprm, file,
+//! task_struct) are read from /sys/kernel/btf/vmlinux by the agent and set as
+//! read-only globals before loading, which the verifier treats as constants.
 //!
 //! Maps are declared unpinned; the agent chooses their pin paths.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -19,25 +32,32 @@
 #[cfg(target_arch = "bpf")]
 mod prog {
     use agent_common::{
-        AF_INET, AF_INET6, COMM_LEN, Config, ConnInfo, Event, ExecInfo, IPPROTO_TCP, IPPROTO_UDP,
-        TargetKey, TargetValue, TupleKey, counter, event_kind, mapped_v4, verdict,
+        AF_INET, AF_INET6, AF_PACKET, AF_XDP, COMM_LEN, Config, ConnInfo, Event, ExecInfo,
+        IPPROTO_TCP, IPPROTO_UDP, PACKET_QDISC_BYPASS, SOCK_PACKET, SOCK_RAW, SOL_PACKET, SOL_XDP,
+        TargetKey, TargetValue, TupleKey, config_flags, counter, event_kind, mapped_v4, verdict,
     };
     use aya_ebpf::{
-        EbpfContext,
         bindings::__sk_buff,
         helpers::{
-            bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel_str_bytes,
+            bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_str_bytes,
             generated::{
-                self, bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-                bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
+                self, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_netns_cookie,
+                bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
             },
         },
-        macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops, tracepoint},
+        macros::{
+            btf_tracepoint, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier,
+            lsm_cgroup, map, sock_ops,
+        },
         maps::{
             Array, LruHashMap, PerCpuArray, RingBuf,
             lpm_trie::{Key, LpmTrie},
         },
-        programs::{SkBuffContext, SockAddrContext, SockOpsContext, TracePointContext},
+        programs::{
+            BtfTracePointContext, LsmContext, SkBuffContext, SockAddrContext, SockContext,
+            SockOpsContext, SockoptContext, TcContext,
+        },
     };
     use core::ptr::{read_volatile, write_volatile};
 
@@ -71,6 +91,98 @@ mod prog {
     #[map(name = "PC_SCRATCH")]
     static SCRATCH: PerCpuArray<ExecInfo> = PerCpuArray::with_max_entries(1, 0);
 
+    /// Per-CPU scratch for the fork program's copy of its parent's record.
+    #[map(name = "PC_FORK_SCRATCH")]
+    static FORK_SCRATCH: PerCpuArray<ExecInfo> = PerCpuArray::with_max_entries(1, 0);
+
+    // Kernel structure offsets, set by the agent from the running kernel's BTF
+    // before loading (read-only data: the verifier sees them as constants).
+    /// `offsetof(struct linux_binprm, file)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_BPRM_FILE: u32 = 0;
+    /// `offsetof(struct linux_binprm, filename)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_BPRM_FILENAME: u32 = 0;
+    /// `offsetof(struct linux_binprm, interp)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_BPRM_INTERP: u32 = 0;
+    /// `offsetof(struct file, f_inode)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_FILE_INODE: u32 = 0;
+    /// `offsetof(struct inode, i_ino)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_INODE_INO: u32 = 0;
+    /// `offsetof(struct inode, i_sb)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_INODE_SB: u32 = 0;
+    /// `offsetof(struct super_block, s_dev)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_SB_DEV: u32 = 0;
+    /// `offsetof(struct task_struct, tgid)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_TASK_TGID: u32 = 0;
+    /// `offsetof(struct task_struct, group_leader)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_TASK_GROUP_LEADER: u32 = 0;
+    /// `offsetof(struct task_struct, start_boottime)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_TASK_START_BOOTTIME: u32 = 0;
+
+    /// `offsetof(struct sock, __sk_common.skc_net.net)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_SOCK_NET: u32 = 0;
+    /// `offsetof(struct net, ns.inum)`.
+    #[unsafe(no_mangle)]
+    static PC_OFF_NET_INUM: u32 = 0;
+
+    /// Inode number of a socket's network namespace (what stat(2) shows for
+    /// /proc/<pid>/ns/net). 0 if it cannot be read.
+    #[inline(always)]
+    fn sock_netns_ino(sk: *mut aya_ebpf::bindings::bpf_sock) -> u64 {
+        if sk.is_null() {
+            return 0;
+        }
+        // A BTF pointer (the verifier refuses arithmetic on a plain socket pointer);
+        // struct sock is at offset 0 of struct tcp_sock.
+        let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk.cast()) } as *const u8;
+        if tp.is_null() {
+            return 0;
+        }
+        let net: *const u8 =
+            unsafe { read_volatile(tp.add(off(&PC_OFF_SOCK_NET)) as *const *const u8) };
+        if net.is_null() {
+            return 0;
+        }
+        u64::from(unsafe { read_volatile(net.add(off(&PC_OFF_NET_INUM)) as *const u32) })
+    }
+
+    #[inline(always)]
+    fn off(v: &u32) -> usize {
+        // Volatile: the compiler must not fold the placeholder 0 into the code.
+        unsafe { read_volatile(v) as usize }
+    }
+
+    /// Start time (CLOCK_BOOTTIME ns) of the current process: its thread group
+    /// leader's `start_boottime`. 0 when it cannot be read.
+    #[inline(always)]
+    fn current_process_start_ns() -> u64 {
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        if task.is_null() {
+            return 0;
+        }
+        let leader: *const u8 = match unsafe {
+            bpf_probe_read_kernel(task.add(off(&PC_OFF_TASK_GROUP_LEADER)) as *const *const u8)
+        } {
+            Ok(p) => p,
+            Err(_) => return 0,
+        };
+        if leader.is_null() {
+            return 0;
+        }
+        unsafe { bpf_probe_read_kernel(leader.add(off(&PC_OFF_TASK_START_BOOTTIME)) as *const u64) }
+            .unwrap_or(0)
+    }
+
     /// Per-CPU counters, indexed by `agent_common::counter`.
     #[map(name = "PC_COUNTERS")]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -98,8 +210,14 @@ mod prog {
         }
     }
 
+    /// No protected target (a target id no policy uses).
+    const NO_TARGET: u32 = u32::MAX;
+
+    /// The protected target's id, or [`NO_TARGET`]. A plain integer rather than an
+    /// `Option<TargetValue>`: LLVM may spill the undefined payload of a `None`,
+    /// which the verifier refuses as a read of an uninitialised register.
     #[inline(always)]
-    fn lookup_target(addr: &[u8; 16], port: u16) -> Option<TargetValue> {
+    fn lookup_target(addr: &[u8; 16], port: u16) -> u32 {
         let exact = Key::new(
             FULL_PREFIX,
             TargetKey {
@@ -108,7 +226,7 @@ mod prog {
             },
         );
         if let Some(v) = TARGETS.get(&exact) {
-            return Some(*v);
+            return unsafe { read_volatile(&v.target_id) };
         }
         let any = Key::new(
             FULL_PREFIX,
@@ -117,7 +235,10 @@ mod prog {
                 addr: *addr,
             },
         );
-        TARGETS.get(&any).copied()
+        match TARGETS.get(&any) {
+            Some(v) => unsafe { read_volatile(&v.target_id) },
+            None => NO_TARGET,
+        }
     }
 
     #[inline(always)]
@@ -193,9 +314,12 @@ mod prog {
         conn.netns_cookie = unsafe { bpf_get_netns_cookie(sa.cast()) };
         conn.sock_cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
         conn.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+        conn.start_ns = current_process_start_ns();
+        // An exec record counts only for the process that made it: after a pid was
+        // reused (while no exec hook ran) the start times differ.
         conn.exec_ktime_ns = match unsafe { EXECS.get(&tgid) } {
-            Some(e) => e.ktime_ns,
-            None => 0,
+            Some(e) if e.start_ns != 0 && e.start_ns == conn.start_ns => e.ktime_ns,
+            _ => 0,
         };
         unsafe {
             generated::bpf_get_current_comm(conn.comm.as_mut_ptr().cast(), COMM_LEN as u32);
@@ -206,19 +330,23 @@ mod prog {
         let target = if TARGET_ADDRS.get(&Key::new(128, *addr)).is_some() {
             lookup_target(addr, port)
         } else {
-            None
+            NO_TARGET
         };
+        // Only the agent's own cgroup is exempt, and (defence in depth) only
+        // sockets that also carry the agent's mark: a workload can set a mark with
+        // CAP_NET_RAW, it cannot choose its cgroup without write access to cgroupfs.
         let exempt = {
             let sk = unsafe { (*sa).__bindgen_anon_1.sk };
             let mark = unsafe { read_volatile(&(*sk).mark) };
-            (cfg.mark != 0 && mark == cfg.mark)
-                || (cfg.agent_cgroup_id != 0 && conn.cgroup_id == cfg.agent_cgroup_id)
+            cfg.agent_cgroup_id != 0
+                && conn.cgroup_id == cfg.agent_cgroup_id
+                && (cfg.mark == 0 || mark == cfg.mark)
         };
         out.verdict = match target {
-            None => verdict::PASS,
-            Some(_) if exempt => verdict::EXEMPT,
-            Some(t) => {
-                conn.target_id = t.target_id;
+            NO_TARGET => verdict::PASS,
+            _ if exempt => verdict::EXEMPT,
+            t => {
+                conn.target_id = t;
                 if proto != IPPROTO_TCP || cfg.listen_port == 0 {
                     verdict::DENY
                 } else {
@@ -369,8 +497,15 @@ mod prog {
             }
             a
         };
-        // local_port is in host byte order.
-        let key = TupleKey::new(addr, ctx.local_port() as u16);
+        // local_port is in host byte order. The key carries the socket's network
+        // namespace: the agent looks up in its own.
+        let sk = unsafe { read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
+        let netns = sock_netns_ino(sk);
+        if netns == 0 {
+            bump(counter::ESTABLISHED_UNKNOWN);
+            return 1;
+        }
+        let key = TupleKey::new(addr, ctx.local_port() as u16, netns);
         if TUPLES.insert(&key, &conn, 0).is_ok() {
             bump(counter::ESTABLISHED_REKEYED);
         } else {
@@ -413,7 +548,7 @@ mod prog {
         let has_ports = (l4_proto == IPPROTO_TCP || l4_proto == IPPROTO_UDP) && !frag;
         let protected = if has_ports {
             let dport = u16::from_be(ctx.load::<u16>(l4_off + 2)?);
-            lookup_target(&addr, dport).is_some()
+            lookup_target(&addr, dport) != NO_TARGET
         } else {
             // No readable port (other protocol, extension header, fragment): the
             // address alone decides, biased toward drop.
@@ -427,10 +562,10 @@ mod prog {
             None => Config::default(),
         };
         let mark = unsafe { read_volatile(&(*skb).mark) };
-        if cfg.mark != 0 && mark == cfg.mark {
-            return Ok(1);
-        }
-        if cfg.agent_cgroup_id != 0 && unsafe { bpf_skb_cgroup_id(skb) } == cfg.agent_cgroup_id {
+        if cfg.agent_cgroup_id != 0
+            && unsafe { bpf_skb_cgroup_id(skb) } == cfg.agent_cgroup_id
+            && (cfg.mark == 0 || mark == cfg.mark)
+        {
             return Ok(1);
         }
         bump(counter::BYPASS_DROPS);
@@ -457,6 +592,7 @@ mod prog {
                     sock_cookie: unsafe { bpf_get_socket_cookie(skb.cast()) },
                     ktime_ns: now,
                     exec_ktime_ns: 0,
+                    start_ns: 0,
                     comm: [0u8; COMM_LEN],
                 };
                 emit(event_kind::BYPASS, verdict::BYPASS_DROP, l4_proto, &conn);
@@ -465,55 +601,256 @@ mod prog {
         Ok(0)
     }
 
-    /// sched_process_exec: `__data_loc char[] filename` at offset 8 (stable since 3.x).
-    #[tracepoint(category = "sched", name = "sched_process_exec")]
-    pub fn pc_exec(ctx: TracePointContext) -> u32 {
-        let loc: u32 = match unsafe { ctx.read_at::<u32>(8) } {
-            Ok(v) => v,
-            Err(_) => return 0,
+    #[inline(always)]
+    fn refuse_raw() -> bool {
+        match CONFIG.get(0) {
+            Some(c) => c.flags & config_flags::REFUSE_RAW_SOCKETS != 0,
+            // Not configured yet: refuse (fail closed).
+            None => true,
+        }
+    }
+
+    /// Raw IP sockets in the enforced cgroup: refused (EPERM) unless configured.
+    /// They can forge packets that the connect hooks never see.
+    #[cgroup_sock(sock_create)]
+    pub fn pc_sock_create(ctx: SockContext) -> i32 {
+        let sk = ctx.sock;
+        let ty = unsafe { (*sk).type_ };
+        let family = unsafe { (*sk).family };
+        if (family == AF_INET as u32 || family == AF_INET6 as u32)
+            && (ty == SOCK_RAW || ty == SOCK_PACKET)
+            && refuse_raw()
+        {
+            bump(counter::RAW_SOCKETS_REFUSED);
+            return 0;
+        }
+        1
+    }
+
+    /// Packet and XDP sockets in the enforced cgroup: refused (EPERM) unless
+    /// configured. Their packets skip the cgroup egress hook altogether.
+    #[lsm_cgroup(hook = "socket_create")]
+    pub fn pc_socket_create(ctx: LsmContext) -> i32 {
+        // socket_create(int family, int type, int protocol, int kern)
+        let family: i32 = ctx.arg(0);
+        let kern: i32 = ctx.arg(3);
+        if kern == 0 && (family as u32 == AF_PACKET || family as u32 == AF_XDP) && refuse_raw() {
+            bump(counter::RAW_SOCKETS_REFUSED);
+            return 0;
+        }
+        1
+    }
+
+    /// Is this address and port (port 0: unknown) a protected destination?
+    #[inline(always)]
+    fn protected(addr: &[u8; 16], port: Option<u16>) -> bool {
+        if TARGET_ADDRS.get(&Key::new(128, *addr)).is_none() {
+            return false;
+        }
+        match port {
+            Some(p) => lookup_target(addr, p) != NO_TARGET,
+            // No readable port: the address alone decides, biased toward drop.
+            None => true,
+        }
+    }
+
+    /// Interface egress (tcx), on every interface: frames that a socket of the
+    /// enforced cgroup hands to a device without passing the cgroup egress hook
+    /// (packet sockets) are dropped when they go to a protected destination and do
+    /// not come from the agent. Everything else passes untouched (forwarded
+    /// traffic, other cgroups, kernel-made packets).
+    #[classifier]
+    pub fn pc_tc_egress(ctx: TcContext) -> i32 {
+        const TC_ACT_OK: i32 = 0;
+        const TC_ACT_SHOT: i32 = 2;
+        match tc_guard(&ctx) {
+            Ok(true) => TC_ACT_SHOT,
+            _ => TC_ACT_OK,
+        }
+    }
+
+    #[inline(always)]
+    fn tc_guard(ctx: &TcContext) -> Result<bool, i64> {
+        let Some(cfg) = CONFIG.get(0) else {
+            return Ok(false);
         };
-        let off = (loc & 0xffff) as usize;
+        if cfg.flags & config_flags::REFUSE_RAW_SOCKETS == 0 || cfg.enforced_cgroup_id == 0 {
+            return Ok(false);
+        }
+        let skb: *mut __sk_buff = ctx.skb.skb;
+        // The sending socket's cgroup: 0 when there is no full socket.
+        let in_enforced =
+            unsafe { generated::bpf_skb_ancestor_cgroup_id(skb, cfg.enforced_level as i32) }
+                == cfg.enforced_cgroup_id;
+        if !in_enforced {
+            return Ok(false);
+        }
+        let mut l3 = 14usize;
+        let mut ethertype = u16::from_be(ctx.load::<u16>(12)?);
+        if ethertype == 0x8100 || ethertype == 0x88a8 {
+            ethertype = u16::from_be(ctx.load::<u16>(16)?);
+            l3 = 18;
+        }
+        let (addr, l4_proto, l4_off, frag) = match ethertype {
+            0x0800 => {
+                let first: u8 = ctx.load(l3)?;
+                let ihl = ((first & 0x0f) as usize) * 4;
+                let proto: u8 = ctx.load(l3 + 9)?;
+                let frag_off: u16 = u16::from_be(ctx.load::<u16>(l3 + 6)?);
+                let dst: [u8; 4] = ctx.load(l3 + 16)?;
+                (
+                    mapped_v4(dst),
+                    proto as u32,
+                    l3 + ihl,
+                    (frag_off & 0x1fff) != 0,
+                )
+            }
+            0x86dd => {
+                let next: u8 = ctx.load(l3 + 6)?;
+                let dst: [u8; 16] = ctx.load(l3 + 24)?;
+                (dst, next as u32, l3 + 40, false)
+            }
+            _ => return Ok(false),
+        };
+        let port = if (l4_proto == IPPROTO_TCP || l4_proto == IPPROTO_UDP) && !frag {
+            Some(u16::from_be(ctx.load::<u16>(l4_off + 2)?))
+        } else {
+            None
+        };
+        if !protected(&addr, port) {
+            return Ok(false);
+        }
+        let mark = unsafe { read_volatile(&(*skb).mark) };
+        if cfg.agent_cgroup_id != 0
+            && unsafe { bpf_skb_cgroup_id(skb) } == cfg.agent_cgroup_id
+            && (cfg.mark == 0 || mark == cfg.mark)
+        {
+            return Ok(false);
+        }
+        bump(counter::BYPASS_DROPS);
+        bump(counter::PACKET_FRAMES_DROPPED);
+        Ok(true)
+    }
+
+    /// setsockopt in the enforced cgroup: a packet socket may not skip the
+    /// qdisc layer (PACKET_QDISC_BYPASS hands frames to the driver past the
+    /// interface egress guard), and XDP sockets are not set up (SOL_XDP).
+    #[cgroup_sockopt(setsockopt)]
+    pub fn pc_setsockopt(ctx: SockoptContext) -> i32 {
+        let so = ctx.sockopt;
+        let level = unsafe { (*so).level };
+        let optname = unsafe { (*so).optname };
+        if ((level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP)
+            && refuse_raw()
+        {
+            bump(counter::RAW_SOCKETS_REFUSED);
+            return 0;
+        }
+        1
+    }
+
+    #[inline(always)]
+    fn read_ptr(base: *const u8, offset: &u32) -> *const u8 {
+        if base.is_null() {
+            return core::ptr::null();
+        }
+        unsafe { bpf_probe_read_kernel(base.add(off(offset)) as *const *const u8) }
+            .unwrap_or(core::ptr::null())
+    }
+
+    /// sched_process_exec(p, old_pid, bprm), in the context of the process that
+    /// exec'd: records the device and inode of the file the kernel runs
+    /// (`bprm->file`, symlinks resolved by the kernel), the path it was run as
+    /// (`bprm->interp`), the script named by exec when an interpreter runs it
+    /// (`bprm->filename`), and the process start time.
+    #[btf_tracepoint(function = "sched_process_exec")]
+    pub fn pc_exec(ctx: BtfTracePointContext) -> u32 {
+        let bprm: *const u8 = ctx.arg(2);
+        if bprm.is_null() {
+            return 0;
+        }
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let Some(info) = SCRATCH.get_ptr_mut(0) else {
             return 0;
         };
         let info = unsafe { &mut *info };
         info.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
-        let src = unsafe { (ctx.as_ptr() as *const u8).add(off) };
-        if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut info.exe) }.is_err() {
+        info.start_ns = current_process_start_ns();
+        info.dev = 0;
+        info._pad = 0;
+        info.ino = 0;
+        info.exe[0] = 0;
+        info.script[0] = 0;
+        let file = read_ptr(bprm, &PC_OFF_BPRM_FILE);
+        let inode = read_ptr(file, &PC_OFF_FILE_INODE);
+        if !inode.is_null() {
+            info.ino =
+                unsafe { bpf_probe_read_kernel(inode.add(off(&PC_OFF_INODE_INO)) as *const u64) }
+                    .unwrap_or(0);
+            let sb = read_ptr(inode, &PC_OFF_INODE_SB);
+            if !sb.is_null() {
+                info.dev =
+                    unsafe { bpf_probe_read_kernel(sb.add(off(&PC_OFF_SB_DEV)) as *const u32) }
+                        .unwrap_or(0);
+            }
+        }
+        let interp = read_ptr(bprm, &PC_OFF_BPRM_INTERP);
+        let filename = read_ptr(bprm, &PC_OFF_BPRM_FILENAME);
+        if !interp.is_null()
+            && unsafe { bpf_probe_read_kernel_str_bytes(interp, &mut info.exe) }.is_err()
+        {
             info.exe[0] = 0;
+        }
+        // binfmt_script (and binfmt_misc) point interp elsewhere; filename stays the
+        // file exec was asked to run.
+        if !filename.is_null()
+            && filename != interp
+            && unsafe { bpf_probe_read_kernel_str_bytes(filename, &mut info.script) }.is_err()
+        {
+            info.script[0] = 0;
         }
         let _ = EXECS.insert(&tgid, info, 0);
         0
     }
 
-    /// sched_process_fork: the child inherits the parent's executable (a fork without
-    /// exec runs the same program) and any stale record of a dead process that had
-    /// the same pid is replaced or removed.
-    #[tracepoint(category = "sched", name = "sched_process_fork")]
-    pub fn pc_fork(ctx: TracePointContext) -> u32 {
-        let Some(cfg) = CONFIG.get(0) else {
-            return 0;
-        };
-        let off = cfg.fork_child_pid_offset as usize;
-        if off == 0 || off > 64 {
+    /// sched_process_fork(parent, child): the child inherits the parent's record (a
+    /// fork without exec runs the same program) with its own start time, and any
+    /// stale record of a dead process that had the same pid is replaced or removed.
+    #[btf_tracepoint(function = "sched_process_fork")]
+    pub fn pc_fork(ctx: BtfTracePointContext) -> u32 {
+        let child: *const u8 = ctx.arg(1);
+        if child.is_null() {
             return 0;
         }
-        let child: u32 = match unsafe { ctx.read_at::<u32>(off) } {
-            Ok(v) => v,
-            Err(_) => return 0,
-        };
+        let child_tgid: u32 =
+            match unsafe { bpf_probe_read_kernel(child.add(off(&PC_OFF_TASK_TGID)) as *const u32) }
+            {
+                Ok(v) => v,
+                Err(_) => return 0,
+            };
         // This tracepoint fires in the parent's context.
         let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if child == parent {
+        if child_tgid == parent || child_tgid == 0 {
+            // A new thread of the same process.
             return 0;
         }
+        let start = unsafe {
+            bpf_probe_read_kernel(child.add(off(&PC_OFF_TASK_START_BOOTTIME)) as *const u64)
+        }
+        .unwrap_or(0);
         match EXECS.get_ptr(&parent) {
             Some(p) => {
-                let _ = EXECS.insert(&child, unsafe { &*p }, 0);
+                let Some(s) = FORK_SCRATCH.get_ptr_mut(0) else {
+                    return 0;
+                };
+                unsafe {
+                    core::ptr::copy_nonoverlapping(p, s, 1);
+                    (*s).start_ns = start;
+                    let _ = EXECS.insert(&child_tgid, &*s, 0);
+                }
             }
             None => {
-                let _ = EXECS.remove(&child);
+                let _ = EXECS.remove(&child_tgid);
             }
         }
         0

@@ -50,6 +50,35 @@ pub enum CgroupKeyword {
     Auto,
 }
 
+/// `upstream_mark`: `auto` or a fixed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MarkSetting {
+    /// `auto`: a random mark chosen at the first start and kept with the pins.
+    Keyword(MarkKeyword),
+    /// A fixed mark; 0 means no mark check (the agent's cgroup alone exempts).
+    Value(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkKeyword {
+    Auto,
+}
+
+/// `raw_sockets`: what processes in the enforced cgroup may do with raw IP,
+/// packet and XDP sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RawSockets {
+    /// Creating them fails with EPERM (default).
+    #[default]
+    Refuse,
+    /// Allowed: the egress backstop still drops raw IP packets to protected
+    /// targets, but packet and XDP sockets skip it.
+    Allow,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -87,8 +116,16 @@ pub struct AgentConfig {
     pub listen_port: u16,
     pub listen_v4: Ipv4Addr,
     pub listen_v6: Ipv6Addr,
-    /// SO_MARK on the agent's upstream sockets; the kernel programs exempt it.
+    /// SO_MARK on the agent's upstream sockets: `auto` (random, kept with the
+    /// pins) or a value. The kernel programs exempt a socket only when it belongs
+    /// to the agent's own cgroup and carries this mark.
+    #[serde(rename = "upstream_mark")]
+    pub upstream_mark_setting: MarkSetting,
+    /// The mark in force (from `upstream_mark` and the pins), set at start.
+    #[serde(skip)]
     pub upstream_mark: u32,
+    /// Raw IP, packet and XDP sockets in the enforced cgroup: `refuse` or `allow`.
+    pub raw_sockets: RawSockets,
     /// Upstream connect timeout, milliseconds.
     pub connect_timeout_ms: u64,
     /// Close a proxied connection idle this long in both directions (seconds; 0 = never).
@@ -152,7 +189,9 @@ impl Default for AgentConfig {
             listen_port: 1001,
             listen_v4: Ipv4Addr::LOCALHOST,
             listen_v6: Ipv6Addr::LOCALHOST,
-            upstream_mark: 0x7063_0001,
+            upstream_mark_setting: MarkSetting::Keyword(MarkKeyword::Auto),
+            upstream_mark: 0,
+            raw_sockets: RawSockets::Refuse,
             connect_timeout_ms: 5_000,
             idle_timeout_secs: 3_600,
             max_connections: 4_096,
@@ -216,13 +255,6 @@ impl AgentConfig {
                 "listen_port",
                 "0".into(),
                 "must be a fixed port: the kernel programs redirect to it",
-            ));
-        }
-        if self.upstream_mark == 0 {
-            return Err(invalid(
-                "upstream_mark",
-                "0".into(),
-                "must be non-zero: it is how the kernel tells the agent's own sockets apart",
             ));
         }
         if self.connect_timeout_ms == 0 {
@@ -442,8 +474,25 @@ mod tests {
     }
 
     #[test]
-    fn zero_mark_is_refused() {
-        let err = AgentConfig::parse(Path::new("a"), "upstream_mark: 0\n").expect_err("zero mark");
-        assert!(err.to_string().contains("upstream_mark"));
+    fn mark_and_raw_socket_settings() {
+        let c = AgentConfig::parse(Path::new("a"), "").expect("defaults");
+        assert_eq!(
+            (c.upstream_mark_setting, c.raw_sockets),
+            (MarkSetting::Keyword(MarkKeyword::Auto), RawSockets::Refuse)
+        );
+        let c = AgentConfig::parse(
+            Path::new("a"),
+            "upstream_mark: 0x70630002\nraw_sockets: allow\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            (c.upstream_mark_setting, c.raw_sockets),
+            (MarkSetting::Value(0x7063_0002), RawSockets::Allow)
+        );
+        let c = AgentConfig::parse(Path::new("a"), "upstream_mark: 0\n").expect("no mark");
+        assert_eq!(c.upstream_mark_setting, MarkSetting::Value(0));
+        for text in ["upstream_mark: random\n", "raw_sockets: maybe\n"] {
+            AgentConfig::parse(Path::new("a"), text).expect_err(text);
+        }
     }
 }

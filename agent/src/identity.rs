@@ -3,9 +3,20 @@
 //!
 //! What the kernel captured (tgid, tid, uid, gid, cgroup id, comm, time) is always
 //! right, even when the client has already exited. The executable comes from the
-//! exec tracepoint's record when its exec time matches the one the connect saw,
-//! else from /proc. Anything read from /proc is used only if that process started
-//! no later than the connect: a reused pid is never mistaken for the original.
+//! exec hook's record when its exec time matches the one the connect saw (the
+//! kernel checks that the record belongs to the process that connected, by its
+//! start time). That record holds the device and inode of the file the kernel
+//! ran; a path is reported only when it resolves to that very file (the live
+//! process's /proc/<pid>/exe, or the path it was run as with every symlink
+//! resolved), so no name a workload gives a file or a symlink reaches `exe`.
+//! Without an exec record, /proc is used, and only if that process started no
+//! later than the connect: a reused pid is never mistaken for the original.
+//!
+//! `unit` and `slice` come only from the system manager's part of the cgroup
+//! tree: the outermost unit below the slices. Below a unit the tree belongs to
+//! that unit's processes (delegation); below `user@<uid>.service` it belongs to
+//! the user's own manager, whose slice and unit are reported as `user_slice` and
+//! `user_unit`.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -27,13 +38,28 @@ pub struct Attribution {
     pub group: Option<String>,
     pub comm: String,
     pub exe: Option<String>,
-    /// Where `exe` came from: `exec` (kernel, at exec time), `proc`, or absent.
+    /// Where `exe` came from: `exec` (the kernel's exec record: the file's device
+    /// and inode, with a path that resolves to it), `proc`, or absent.
     pub exe_source: Option<&'static str>,
+    /// The name the program was run as, when it could not be tied to the file the
+    /// kernel ran (a relative path of a process gone, a path replaced since): not
+    /// used for policy.
+    pub exe_unverified: Option<String>,
+    /// The script an interpreter runs (`exe` is then the interpreter), as named to
+    /// exec and resolved by the agent.
+    pub script: Option<String>,
     pub cmdline: Option<Vec<String>>,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// The system manager's unit (for a user's services: `user@<uid>.service`).
     pub unit: Option<String>,
+    /// The system manager's innermost slice above `unit`.
     pub slice: Option<String>,
+    /// The unit inside a user manager (`user@<uid>.service/...`): the user's
+    /// choice, never a system unit.
+    pub user_unit: Option<String>,
+    /// The slice inside a user manager.
+    pub user_slice: Option<String>,
     pub container_id: Option<String>,
     /// Process start, nanoseconds since boot, when known.
     pub start_boot_ns: Option<u64>,
@@ -135,19 +161,55 @@ impl CgroupResolver {
     }
 }
 
-/// systemd unit and slice from a cgroup path: the innermost `*.service` / `*.scope`
-/// and the innermost `*.slice`.
-pub fn unit_and_slice(cgroup: &str) -> (Option<String>, Option<String>) {
-    let mut unit = None;
+/// systemd units and slices of a cgroup path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Units {
+    pub unit: Option<String>,
+    pub slice: Option<String>,
+    pub user_unit: Option<String>,
+    pub user_slice: Option<String>,
+}
+
+/// The first unit below the slices of `parts`, and the innermost of those slices.
+/// Returns how many components were consumed up to and including the unit.
+fn first_unit(parts: &[&str]) -> (Option<String>, Option<String>, usize) {
     let mut slice = None;
-    for c in cgroup.split('/') {
-        if c.ends_with(".service") || c.ends_with(".scope") {
-            unit = Some(c.to_string());
-        } else if c.ends_with(".slice") {
-            slice = Some(c.to_string());
+    for (i, c) in parts.iter().enumerate() {
+        if c.ends_with(".slice") {
+            slice = Some((*c).to_string());
+        } else if c.ends_with(".service") || c.ends_with(".scope") {
+            return (Some((*c).to_string()), slice, i + 1);
+        } else {
+            // Not systemd's naming: whatever is below is not the manager's.
+            break;
         }
     }
-    (unit, slice)
+    (None, slice, parts.len())
+}
+
+/// systemd units from a cgroup path. systemd places units only directly in
+/// slices; the tree below a unit is the unit's own (what a service with
+/// `Delegate=` or any process with write access there creates). So the system
+/// unit is the outermost unit, never a deeper `*.service` directory, and below
+/// `user@<uid>.service` the user manager's slice and unit are reported apart.
+pub fn units(cgroup: &str) -> Units {
+    let parts: Vec<&str> = cgroup.split('/').filter(|c| !c.is_empty()).collect();
+    let (unit, slice, used) = first_unit(&parts);
+    let mut out = Units {
+        unit,
+        slice,
+        ..Default::default()
+    };
+    let is_user_manager = out
+        .unit
+        .as_deref()
+        .is_some_and(|u| u.starts_with("user@") && u.ends_with(".service"));
+    if is_user_manager {
+        let (uu, us, _) = first_unit(parts.get(used..).unwrap_or(&[]));
+        out.user_unit = uu;
+        out.user_slice = us;
+    }
+    out
 }
 
 /// A 64-hex-digit container id in a cgroup path (docker, containerd, cri-o, podman).
@@ -250,16 +312,7 @@ pub fn resolve_with(
         .ok()
         .flatten()
         .map(|g| g.name);
-    if let Some(e) = exec
-        && conn.exec_ktime_ns != 0
-        && e.ktime_ns == conn.exec_ktime_ns
-    {
-        let path = cstr(&e.exe);
-        if !path.is_empty() {
-            a.exe = Some(path);
-            a.exe_source = Some("exec");
-        }
-    }
+    let exec_rec = exec.filter(|e| conn.exec_ktime_ns != 0 && e.ktime_ns == conn.exec_ktime_ns);
     // The program may have changed since the connect: a later exec (or a reused pid
     // that exec'd) shows as an exec record newer than the one the connect saw. Then
     // /proc describes another program and is not used for exe or cmdline.
@@ -273,22 +326,41 @@ pub fn resolve_with(
     // /proc is trusted only for the process that connected: same pid, started
     // no later than the connect (10 ms of slack for tick rounding).
     let start = proc_start_ns(pid);
-    let same_process = matches!(start, Some(s) if s <= conn.ktime_ns.saturating_add(10_000_000));
+    // With the start time the kernel read at connect, the process in /proc must
+    // have started then (to the clock tick /proc reports in); without it, no later
+    // than the connect.
+    let same_process = match (start, conn.start_ns) {
+        (Some(s), 0) => s <= conn.ktime_ns.saturating_add(10_000_000),
+        (Some(s), k) => s <= k.saturating_add(1_000_000) && k.saturating_sub(s) < 20_000_000,
+        (None, _) => false,
+    };
     a.exec_changed = execd_since;
-    if same_process && !execd_since {
-        a.start_boot_ns = start;
+    let alive = same_process && !execd_since;
+    if let Some(e) = &exec_rec {
+        let (exe, unverified) = exec_path(e, alive.then_some(pid));
+        a.exe = exe;
+        a.exe_source = a.exe.is_some().then_some("exec");
+        a.exe_unverified = unverified;
+        a.script = script_path(e, alive.then_some(pid));
+    }
+    if alive {
+        a.start_boot_ns = if conn.start_ns != 0 {
+            Some(conn.start_ns)
+        } else {
+            start
+        };
         a.exe_sha256 = hasher.and_then(|h| h.hash_of(pid));
         let base = PathBuf::from(format!("/proc/{pid}"));
-        if let Ok(exe) = std::fs::read_link(base.join("exe")) {
+        // No exec record (the process predates the agent): the kernel's own link.
+        if exec_rec.is_none()
+            && let Ok(exe) = std::fs::read_link(base.join("exe"))
+        {
             let exe = exe
                 .to_string_lossy()
                 .trim_end_matches(" (deleted)")
                 .to_string();
-            // A relative or script path from exec is less useful than the resolved one.
-            if a.exe.as_deref().is_none_or(|e| !e.starts_with('/')) {
-                a.exe = Some(exe);
-                a.exe_source = Some("proc");
-            }
+            a.exe = Some(exe);
+            a.exe_source = Some("proc");
         }
         if let Ok(raw) = std::fs::read(base.join("cmdline")) {
             let args: Vec<String> = raw
@@ -311,12 +383,74 @@ pub fn resolve_with(
         }
     });
     if let Some(cg) = &a.cgroup {
-        let (unit, slice) = unit_and_slice(cg);
-        a.unit = unit;
-        a.slice = slice;
+        let u = units(cg);
+        a.unit = u.unit;
+        a.slice = u.slice;
+        a.user_unit = u.user_unit;
+        a.user_slice = u.user_slice;
         a.container_id = container_id(cg);
     }
     a
+}
+
+/// Does `m` describe the file the exec record says the kernel ran?
+fn same_file(m: &std::fs::Metadata, e: &ExecInfo) -> bool {
+    // The kernel encodes dev_t as major << 20 | minor.
+    let (major, minor) = (u64::from(e.dev >> 20), u64::from(e.dev & 0xf_ffff));
+    e.ino != 0
+        && m.ino() == e.ino
+        && nix::sys::stat::major(m.dev()) == major
+        && nix::sys::stat::minor(m.dev()) == minor
+}
+
+/// The path of the file an exec record names, verified by device and inode:
+/// (verified path, the unverified name when no path could be verified).
+///
+/// A live process: its /proc/<pid>/exe link (the kernel's path of the file it
+/// runs). A process gone: the path it was run as, with every symlink resolved,
+/// if that is still the same file. A relative name of a process gone cannot be
+/// resolved (its working directory is gone with it).
+pub fn exec_path(e: &ExecInfo, live_pid: Option<u32>) -> (Option<String>, Option<String>) {
+    let named = cstr(&e.exe);
+    if let Some(pid) = live_pid {
+        let link = format!("/proc/{pid}/exe");
+        if let (Ok(m), Ok(p)) = (std::fs::metadata(&link), std::fs::read_link(&link))
+            && same_file(&m, e)
+        {
+            let p = p.to_string_lossy();
+            return (Some(p.trim_end_matches(" (deleted)").to_string()), None);
+        }
+    }
+    if named.starts_with('/')
+        && let Ok(real) = std::fs::canonicalize(&named)
+        && let Ok(m) = std::fs::metadata(&real)
+        && same_file(&m, e)
+    {
+        return (Some(real.to_string_lossy().into_owned()), None);
+    }
+    (None, (!named.is_empty()).then_some(named))
+}
+
+/// The script of an exec record (when an interpreter runs one), resolved against
+/// the live process's working directory when relative.
+fn script_path(e: &ExecInfo, live_pid: Option<u32>) -> Option<String> {
+    let named = cstr(&e.script);
+    if named.is_empty() {
+        return None;
+    }
+    let full = if named.starts_with('/') {
+        PathBuf::from(&named)
+    } else {
+        match live_pid {
+            Some(pid) => PathBuf::from(format!("/proc/{pid}/cwd")).join(&named),
+            None => return Some(named),
+        }
+    };
+    Some(
+        std::fs::canonicalize(&full)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or(named),
+    )
 }
 
 fn proc_cgroup_v2(path: &Path) -> Option<String> {
@@ -378,21 +512,94 @@ mod tests {
     #[test]
     fn unit_slice_container() {
         let p = "/system.slice/reporting.service";
+        let u = units(p);
         assert_eq!(
-            unit_and_slice(p),
-            (
-                Some("reporting.service".into()),
-                Some("system.slice".into())
-            )
+            (u.unit.as_deref(), u.slice.as_deref()),
+            (Some("reporting.service"), Some("system.slice"))
         );
+        assert_eq!((u.user_unit, u.user_slice), (None, None));
         let id = "a".repeat(64);
         let p = format!("/system.slice/docker-{id}.scope");
         assert_eq!(container_id(&p), Some(id.clone()));
-        assert_eq!(unit_and_slice(&p).0, Some(format!("docker-{id}.scope")));
+        assert_eq!(units(&p).unit, Some(format!("docker-{id}.scope")));
         assert_eq!(
             container_id("/user.slice/user-0.slice/session-1.scope"),
             None
         );
+    }
+
+    #[test]
+    fn a_user_manager_or_a_delegated_subtree_never_names_a_system_unit() {
+        // systemd-run --user --slice=system --unit=etl.service
+        let u = units("/user.slice/user-1000.slice/user@1000.service/system.slice/etl.service");
+        assert_eq!(
+            u,
+            Units {
+                unit: Some("user@1000.service".into()),
+                slice: Some("user-1000.slice".into()),
+                user_unit: Some("etl.service".into()),
+                user_slice: Some("system.slice".into()),
+            }
+        );
+        // A delegated service making a child named like another service.
+        let u = units("/system.slice/app.service/payroll.service");
+        assert_eq!(
+            (u.unit.as_deref(), u.slice.as_deref(), u.user_unit),
+            (Some("app.service"), Some("system.slice"), None)
+        );
+        // Slices inside a unit are not the manager's either.
+        let u = units("/system.slice/app.service/x.slice/y.service");
+        assert_eq!(
+            (u.unit.as_deref(), u.slice.as_deref()),
+            (Some("app.service"), Some("system.slice"))
+        );
+        // A plain directory under a slice ends the manager's part.
+        let u = units("/system.slice/mine/etl.service");
+        assert_eq!((u.unit, u.slice.as_deref()), (None, Some("system.slice")));
+        assert_eq!(units("/"), Units::default());
+    }
+
+    #[test]
+    fn an_exec_path_counts_only_when_it_is_the_file_the_kernel_ran() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("pc-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let real = dir.join("real-tool");
+        std::fs::write(&real, b"x").expect("file");
+        let link = dir.join("psql");
+        symlink(&real, &link).expect("symlink");
+        let m = std::fs::metadata(&real).expect("stat");
+        let dev = ((nix::sys::stat::major(m.dev()) << 20) | nix::sys::stat::minor(m.dev())) as u32;
+        let mut rec = ExecInfo {
+            ktime_ns: 1,
+            start_ns: 1,
+            dev,
+            _pad: 0,
+            ino: m.ino(),
+            exe: [0; agent_common::EXE_LEN],
+            script: [0; agent_common::EXE_LEN],
+        };
+        let named = link.to_string_lossy().into_owned();
+        rec.exe[..named.len()].copy_from_slice(named.as_bytes());
+        // Run through a symlink: reported as the file it points to.
+        let real_s = std::fs::canonicalize(&real)
+            .expect("canonical")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(exec_path(&rec, None), (Some(real_s), None));
+        // The symlink now points elsewhere: the name no longer proves anything.
+        let other = dir.join("other");
+        std::fs::write(&other, b"y").expect("file");
+        std::fs::remove_file(&link).expect("rm");
+        symlink(&other, &link).expect("symlink");
+        assert_eq!(exec_path(&rec, None), (None, Some(named.clone())));
+        // A relative name of a process gone cannot be tied to the file.
+        let mut rel = rec;
+        rel.exe = [0; agent_common::EXE_LEN];
+        rel.exe[..6].copy_from_slice(b"./psql");
+        assert_eq!(exec_path(&rel, None), (None, Some("./psql".into())));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -418,6 +625,7 @@ mod tests {
             sock_cookie: 0,
             ktime_ns: u64::MAX / 2,
             exec_ktime_ns: 0,
+            start_ns: 0,
             comm: [0; 16],
         };
         let a = resolve(&conn, None, &CgroupResolver::new("/nonexistent".into()));
@@ -430,11 +638,30 @@ mod tests {
         };
         let a = resolve(&early, None, &CgroupResolver::new("/nonexistent".into()));
         assert!(a.exited && a.exe.is_none() && a.cmdline.is_none());
+        // The kernel's start time of the process that connected decides: another
+        // start time (a reused pid) is not this process, this one's is.
+        let own_start = proc_start_ns(me).expect("own start");
+        let reused = ConnInfo {
+            start_ns: own_start + 5_000_000_000,
+            ..conn
+        };
+        let a = resolve(&reused, None, &CgroupResolver::new("/nonexistent".into()));
+        assert!(a.exited && a.exe.is_none(), "{a:?}");
+        let same = ConnInfo {
+            start_ns: own_start + 3_000_000,
+            ..conn
+        };
+        let a = resolve(&same, None, &CgroupResolver::new("/nonexistent".into()));
+        assert!(!a.exited && a.exe.is_some(), "{a:?}");
     }
 
     #[test]
     fn exec_record_decides_and_a_later_exec_is_not_trusted() {
         let me = std::process::id();
+        // The record names the file this test runs, under a name of the
+        // workload's choosing: the kernel's file wins over the name.
+        let m = std::fs::metadata("/proc/self/exe").expect("stat own exe");
+        let dev = ((nix::sys::stat::major(m.dev()) << 20) | nix::sys::stat::minor(m.dev())) as u32;
         let mut exe = [0u8; agent_common::EXE_LEN];
         exe[..13].copy_from_slice(b"/usr/bin/psql");
         let conn = ConnInfo {
@@ -451,20 +678,35 @@ mod tests {
             sock_cookie: 0,
             ktime_ns: u64::MAX / 2,
             exec_ktime_ns: 100,
+            start_ns: 0,
             comm: [0; 16],
         };
         let cg = CgroupResolver::new("/nonexistent".into());
-        // The exec seen at connect time is the one recorded: its path wins.
-        let same = ExecInfo { ktime_ns: 100, exe };
+        let same = ExecInfo {
+            ktime_ns: 100,
+            start_ns: 0,
+            dev,
+            _pad: 0,
+            ino: m.ino(),
+            exe,
+            script: [0; agent_common::EXE_LEN],
+        };
+        let own = std::fs::read_link("/proc/self/exe")
+            .expect("own exe")
+            .to_string_lossy()
+            .into_owned();
         let a = resolve(&conn, Some(same), &cg);
         assert_eq!(
             (a.exe.as_deref(), a.exe_source),
-            (Some("/usr/bin/psql"), Some("exec"))
+            (Some(own.as_str()), Some("exec"))
         );
         assert!(!a.exec_changed);
         // A newer exec record: the process runs another program now, so neither the
         // record nor /proc tells what connected.
-        let later = ExecInfo { ktime_ns: 200, exe };
+        let later = ExecInfo {
+            ktime_ns: 200,
+            ..same
+        };
         let a = resolve(&conn, Some(later), &cg);
         assert!(a.exec_changed);
         assert!(a.exe.is_none() && a.cmdline.is_none(), "{a:?}");

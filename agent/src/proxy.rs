@@ -96,6 +96,18 @@ pub fn from_v6(addr: [u8; 16], port: u16) -> SocketAddr {
     }
 }
 
+/// Inode number of the agent's network namespace: the namespace of every socket
+/// it accepts, and so the only one whose connection records it may match.
+fn own_netns_ino() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    static INO: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INO.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/net")
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    })
+}
+
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         match listener.accept().await {
@@ -114,7 +126,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let session = SessionId::new();
-    let key = TupleKey::new(to_v6(peer.ip()), peer.port());
+    // The accepted socket lives in the agent's network namespace; so did the
+    // client's socket, if this connection is what the kernel record says.
+    let key = TupleKey::new(to_v6(peer.ip()), peer.port(), own_netns_ino());
     let conn = shared
         .enforcement
         .lock()

@@ -6,18 +6,18 @@
 //! and leaves enforcement pinned: protected connects then fail closed until the
 //! agent is back. Only `portcullis detach` removes enforcement.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use agent_common::{Config, event_kind, verdict};
+use agent_common::{Config, config_flags, event_kind, verdict};
 use anyhow::Context;
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
 use crate::audit::AuditLog;
-use crate::config::{AgentConfig, CgroupSetting};
+use crate::config::{AgentConfig, CgroupSetting, MarkSetting, RawSockets};
 use crate::ebpf::{self, Enforcement};
 use crate::flows::FlowKey;
 use crate::identity::{self, CgroupResolver};
@@ -26,32 +26,140 @@ use crate::proxy;
 use crate::state::Shared;
 use crate::systemd;
 
-pub fn kernel_config(cfg: &AgentConfig) -> Config {
+/// The settings the kernel programs read. With `upstream_mark: auto` the mark is
+/// filled in by [`Enforcement::open`] (kept with the pins, or random).
+pub fn kernel_config(cfg: &AgentConfig, agent_cgroup_id: u64) -> Config {
     Config {
         listen_v6: cfg.listen_v6.octets(),
         listen_v4: cfg.listen_v4.octets(),
         listen_port: cfg.listen_port,
         _pad0: 0,
-        mark: cfg.upstream_mark,
-        fork_child_pid_offset: fork_child_pid_offset().unwrap_or(0),
-        agent_cgroup_id: 0,
+        mark: match cfg.upstream_mark_setting {
+            MarkSetting::Value(v) => v,
+            MarkSetting::Keyword(_) => 0,
+        },
+        flags: match cfg.raw_sockets {
+            RawSockets::Refuse => config_flags::REFUSE_RAW_SOCKETS,
+            RawSockets::Allow => 0,
+        },
+        agent_cgroup_id,
+        // Filled in by Enforcement::open from the cgroup it attaches to.
+        enforced_cgroup_id: 0,
+        enforced_level: 0,
+        _pad1: 0,
     }
 }
 
-/// Offset of `child_pid` in sched_process_fork records, from tracefs.
-fn fork_child_pid_offset() -> Option<u32> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|d| {
-            std::fs::read_to_string(format!("{d}/events/sched/sched_process_fork/format")).ok()
+/// Prefix of the cgroups the agent creates for itself outside systemd.
+const OWN_CGROUP_PREFIX: &str = "portcullis-agent-";
+
+/// The agent's own cgroup v2: the only cgroup whose sockets the kernel programs
+/// exempt, so no workload may share it.
+///
+/// Under systemd (`INVOCATION_ID` set, in a `*.service` cgroup holding no other
+/// process) it is the unit's cgroup. Otherwise the agent creates
+/// `<its cgroup>/portcullis-agent-<pid>` and moves itself in; on a clean stop it
+/// moves back and removes it, and empty leftovers of killed agents are removed at
+/// the next start.
+pub struct OwnCgroup {
+    pub path: PathBuf,
+    pub id: u64,
+    /// Created by this agent (removed on a clean stop).
+    created: bool,
+}
+
+fn proc_self_cgroup_v2() -> anyhow::Result<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/cgroup has no cgroup v2 entry (0::)"))
+}
+
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+impl OwnCgroup {
+    pub fn enter(root: &Path) -> anyhow::Result<Self> {
+        let rel = proc_self_cgroup_v2()?;
+        let current = root.join(rel.trim_start_matches('/'));
+        let me = std::process::id();
+        let is_unit = current
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".service"));
+        if std::env::var_os("INVOCATION_ID").is_some() && is_unit {
+            let others: Vec<u32> = cgroup_pids(&current)
+                .into_iter()
+                .filter(|p| *p != me)
+                .collect();
+            if others.is_empty() {
+                let id = ebpf::cgroup_id(&current)?;
+                return Ok(Self {
+                    path: current,
+                    id,
+                    created: false,
+                });
+            }
+            tracing::warn!(
+                cgroup = %current.display(),
+                other_pids = ?others,
+                "the unit's cgroup holds other processes; the agent moves into a cgroup of its own"
+            );
+        }
+        // Leftovers of agents that were killed: rmdir removes only empty cgroups.
+        if let Ok(rd) = std::fs::read_dir(&current) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with(OWN_CGROUP_PREFIX) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let path = current.join(format!("{OWN_CGROUP_PREFIX}{me}"));
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "creating the agent's own cgroup {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+        std::fs::write(path.join("cgroup.procs"), me.to_string())
+            .with_context(|| format!("moving the agent into its own cgroup {}", path.display()))?;
+        let others: Vec<u32> = cgroup_pids(&path)
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect();
+        if !others.is_empty() {
+            anyhow::bail!(
+                "the agent's own cgroup {} also holds pids {others:?}: their sockets would be exempt",
+                path.display()
+            );
+        }
+        let id = ebpf::cgroup_id(&path)?;
+        Ok(Self {
+            path,
+            id,
+            created: true,
         })
-        .and_then(|f| {
-            f.lines()
-                .find(|l| l.contains(" child_pid;"))
-                .and_then(|l| l.split("offset:").nth(1))
-                .and_then(|o| o.split(';').next())
-                .and_then(|o| o.trim().parse().ok())
-        })
+    }
+
+    /// On a clean stop: back to the parent cgroup, and the agent's cgroup removed.
+    pub fn leave(&self) {
+        if !self.created {
+            return;
+        }
+        if let Some(parent) = self.path.parent() {
+            let _ = std::fs::write(parent.join("cgroup.procs"), std::process::id().to_string());
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }
 
 pub fn resolve_cgroup(cfg: &AgentConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -123,7 +231,7 @@ fn warn_if_unprivileged_port(port: u16) {
     }
 }
 
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
+pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<Outcome> {
     let policy = CompiledPolicy::load(std::slice::from_ref(&cfg.policy_dir))
         .map_err(|e| anyhow::anyhow!("refusing to start: the policy set is invalid:\n{e}"))?;
     check_policy_for_agent(&policy, &cfg).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
@@ -138,7 +246,17 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
     let admin = crate::admin::bind(&cfg.admin_socket())
         .with_context(|| format!("binding the admin socket {}", cfg.admin_socket().display()))?;
 
-    let mut enforcement = Enforcement::open(&cfg.bpffs_dir, &cgroup, kernel_config(&cfg))?;
+    // Before any upstream socket exists: the agent's sockets are recognised by the
+    // cgroup they were created in.
+    let own = OwnCgroup::enter(&root)?;
+    let auto_mark = matches!(cfg.upstream_mark_setting, MarkSetting::Keyword(_));
+    let mut enforcement = Enforcement::open(
+        &cfg.bpffs_dir,
+        &cgroup,
+        kernel_config(&cfg, own.id),
+        auto_mark,
+    )?;
+    cfg.upstream_mark = enforcement.mark;
     enforcement.sync_targets(&policy)?;
     enforcement.attach()?;
     let events = enforcement.take_events();
@@ -149,6 +267,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
             "cgroup": cgroup,
             "bpffs_dir": cfg.bpffs_dir,
             "adopted_from_pins": enforcement.adopted,
+            "agent_cgroup": own.path,
+            "agent_cgroup_id": own.id,
+            "raw_sockets": format!("{:?}", cfg.raw_sockets).to_lowercase(),
+            "packet_sockets_refused": enforcement.packet_guard.is_ok()
+                && cfg.raw_sockets == RawSockets::Refuse,
+            "packet_guard_error": enforcement.packet_guard.as_ref().err(),
+            "packet_frames_dropped_on": enforcement.tc_guarded,
+            "sockopt_guard_error": enforcement.sockopt_guard.as_ref().err(),
             "object_sha256": enforcement.object_hash,
             "policy_hash": policy.hash,
             "policy_files": policy.files,
@@ -226,6 +352,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<Outcome> {
         }),
     );
     shared.audit.flush(Duration::from_secs(5));
+    own.leave();
     tracing::info!(reason, "agent stopped");
     Ok(if reason == "detach" {
         Outcome::Detached
@@ -406,7 +533,7 @@ fn handle_event(shared: &Shared, ev: &agent_common::Event) {
                 .ok()
                 .and_then(|e| e.exec_of(ev.conn.tgid))
                 .filter(|x| ev.conn.exec_ktime_ns != 0 && x.ktime_ns == ev.conn.exec_ktime_ns)
-                .map(|x| identity::cstr(&x.exe))
+                .and_then(|x| identity::exec_path(&x, None).0)
                 .unwrap_or_else(|| format!("comm:{}", identity::cstr(&ev.conn.comm)));
             let key = FlowKey {
                 exe,

@@ -201,14 +201,60 @@ impl Drop for TestCgroup {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Ok(rd) = std::fs::read_dir(&self.slice) {
-            for e in rd.flatten() {
-                if e.path().is_dir() {
-                    let _ = std::fs::remove_dir(e.path());
-                }
+        remove_cgroup_tree(&self.slice);
+    }
+}
+
+/// Removes a cgroup directory and every cgroup below it, deepest first (the
+/// agent's own cgroup may sit below a unit of the test).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
             }
         }
-        let _ = std::fs::remove_dir(&self.slice);
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A command prefix that runs its arguments in a private mount namespace where
+/// tracefs is not mounted (as on a freshly booted machine of this kind); the
+/// host's own mounts are not touched. Fails (exit 97) if tracefs is still there.
+pub fn without_tracefs() -> Vec<String> {
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "umount -l /sys/kernel/debug/tracing 2>/dev/null; umount -l /sys/kernel/tracing 2>/dev/null; \
+         if grep -q ' tracefs ' /proc/self/mounts; then echo 'tracefs still mounted' >&2; exit 97; fi; \
+         exec \"$@\"",
+        "without-tracefs",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (what the agent
+/// does itself), for tests whose agent runs in another mount namespace: pins it
+/// makes must be visible to the test.
+pub fn ensure_bpffs() {
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+        })
+        .unwrap_or(false);
+    if !mounted {
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpffs", "/sys/fs/bpf"])
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mounting bpffs at /sys/fs/bpf failed");
     }
 }
 
@@ -406,6 +452,9 @@ pub struct AgentOpts {
     pub state_dir: Option<PathBuf>,
     /// More `agent.yaml` lines, appended as given.
     pub extra_config: String,
+    /// A command the agent is started through (it ends by running its
+    /// arguments), e.g. [`without_tracefs`].
+    pub exec_prefix: Vec<String>,
 }
 
 impl Default for AgentOpts {
@@ -416,6 +465,7 @@ impl Default for AgentOpts {
             env: Vec::new(),
             state_dir: None,
             extra_config: String::new(),
+            exec_prefix: Vec::new(),
         }
     }
 }
@@ -431,6 +481,7 @@ pub struct Agent {
     pub state_dir: PathBuf,
     opts_cgroup: Option<PathBuf>,
     env: Vec<(String, String)>,
+    exec_prefix: Vec<String>,
 }
 
 impl Agent {
@@ -467,6 +518,7 @@ impl Agent {
             state_dir,
             opts_cgroup: opts.agent_cgroup,
             env: opts.env,
+            exec_prefix: opts.exec_prefix,
         };
         a.spawn();
         a
@@ -477,11 +529,13 @@ impl Agent {
         let bin = agent_bin();
         let bin_s = bin.to_str().expect("utf-8 path");
         let cfg_s = self.config.to_str().expect("utf-8 path");
+        let mut argv: Vec<&str> = self.exec_prefix.iter().map(String::as_str).collect();
+        argv.extend([bin_s, "run", "--config", cfg_s]);
         let mut cmd = match &self.opts_cgroup {
-            Some(cg) => in_cgroup(cg, &[bin_s, "run", "--config", cfg_s]),
+            Some(cg) => in_cgroup(cg, &argv),
             None => {
-                let mut c = Command::new(&bin);
-                c.args(["run", "--config", cfg_s]);
+                let mut c = Command::new(argv[0]);
+                c.args(&argv[1..]);
                 c
             }
         };

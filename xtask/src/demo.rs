@@ -2,7 +2,8 @@
 //! at the root of the cgroup v2 hierarchy (the production default) with
 //! policies/demo.yaml, and a short workload: psql whose statements are decided one
 //! by one (the agent logs in upstream with a credential the operator never holds),
-//! a denied Python script, a default-denied shell, and a raw-socket bypass attempt.
+//! a denied Python script, a default-denied shell, and a raw-socket bypass attempt
+//! (refused by the kernel when the socket is created, or dropped by the backstop).
 //! Prints what was allowed, denied and recorded (audit records and the session
 //! recording), then detaches explicitly (audited) and cleans up.
 //!
@@ -263,7 +264,9 @@ pub fn demo(smoke: bool) -> Result<()> {
         .output()?;
     println!("{}", String::from_utf8_lossy(&sh.stdout).trim());
 
-    step("raw-socket SYN → 127.0.0.1:15432: the kernel backstop drops it");
+    step(
+        "raw-socket SYN → 127.0.0.1:15432: the kernel refuses the raw socket (or the backstop drops it)",
+    );
     let raw = Command::new("python3")
         .arg(repo_root().join("tests").join("clients").join("client.py"))
         .args(["raw-syn", "127.0.0.1", &PG_PORT.to_string()])
@@ -274,11 +277,15 @@ pub fn demo(smoke: bool) -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     step("what was recorded");
     let st: Value = serde_json::from_str(&status(&["status", "--json"])?)?;
-    let bypass = st["kernel_counters"]["bypass_drops"].as_u64().unwrap_or(0);
+    let bypass = st["kernel_counters"]["bypass_drops"].as_u64().unwrap_or(0)
+        + st["kernel_counters"]["raw_sockets_refused"]
+            .as_u64()
+            .unwrap_or(0);
     println!(
-        "kernel: redirects={} bypass_drops={} | sessions: allowed={} denied={}",
+        "kernel: redirects={} bypass_drops={} raw_sockets_refused={} | sessions: allowed={} denied={}",
         st["kernel_counters"]["redirects"],
-        bypass,
+        st["kernel_counters"]["bypass_drops"],
+        st["kernel_counters"]["raw_sockets_refused"],
         st["sessions"]["allowed"],
         st["sessions"]["denied"]
     );

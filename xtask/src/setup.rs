@@ -143,6 +143,22 @@ pub fn setup() -> Result<()> {
         }
     }
     did.extend(crate::pgtools::ensure()?);
+    // The evasion tests drop privileges with setpriv and capsh and start the agent
+    // in a private mount namespace with unshare.
+    let have = |p: &[&str]| p.iter().any(|p| std::path::Path::new(p).exists());
+    if !have(&["/usr/bin/setpriv", "/bin/setpriv"]) || !have(&["/usr/bin/unshare", "/bin/unshare"])
+    {
+        apt_install(&["util-linux"]).context("installing util-linux (setpriv, unshare)")?;
+        did.push("util-linux");
+    }
+    if !have(&["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]) {
+        apt_install(&["iproute2"]).context("installing iproute2 (ip, for the netns tests)")?;
+        did.push("iproute2");
+    }
+    if !have(&["/usr/sbin/capsh", "/sbin/capsh"]) {
+        apt_install(&["libcap2-bin"]).context("installing libcap2-bin (capsh)")?;
+        did.push("libcap2-bin");
+    }
     // The export tests start a real rsyslog with their own configuration.
     if !["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
         .iter()
@@ -153,7 +169,7 @@ pub fn setup() -> Result<()> {
     }
     if did.is_empty() {
         println!(
-            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv, rsyslog) in {} ms",
+            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv, rsyslog, setpriv, capsh) in {} ms",
             t0.elapsed().as_millis()
         );
     } else {
