@@ -17,11 +17,15 @@
 //! run the statement, `ANALYZE 1` does), every `SET` value (`search_path`, the
 //! pinned lexing settings, `SET NAMES`), and the arguments of `set_config(...)`.
 //! The shape is computed by a small scanner that gives up (and the exact text is
-//! the key) on anything it does not handle with certainty: backslashes, dollar
-//! signs (quoting and parameters), prefixed strings (`E''`, `U&''`, `B''`,
-//! `X''`), numbers followed by letters, digits or dots that are not part of a
-//! plain decimal number (`1from`, `0x1F`, `1_000`, `1e`: lexed differently by
-//! different server versions), unterminated quotes or comments.
+//! the key) on anything where a literal's place is not certain: backslashes,
+//! dollar signs (quoting and parameters), prefixed strings (`E''`, `U&''`,
+//! `B''`, `X''`), numbers glued to what precedes or follows them (`1x1`,
+//! `1from`, `0x1F`, `1_000`, `1e`, `"a"1`, `'a'1`, `t.5`: lexed differently by
+//! different server versions and by the parser), quoted identifiers that hold
+//! doubled quotes or are empty, operator characters other than plain
+//! punctuation (`!` but in `!=`, `&`, `?`, `#`, `@`, `~`, ...), whitespace other
+//! than space, tab and newlines, non-ASCII text outside quotes, unterminated
+//! quotes or comments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -172,7 +176,7 @@ pub fn shape(sql: &str) -> Option<String> {
     if b.iter().any(|&c| c == b'\\' || c == b'$' || c == 0) {
         return None;
     }
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -181,7 +185,7 @@ pub fn shape(sql: &str) -> Option<String> {
         match c {
             b'\'' => {
                 // A prefixed string (E'', B'', X'', N'', U&'') is left alone.
-                if i > 0 && (ident(b[i - 1]) || b[i - 1] == b'&') {
+                if i > 0 && (ident(b[i - 1]) || b[i - 1] == b'&' || b[i - 1] == b'"') {
                     return None;
                 }
                 let mut j = i + 1;
@@ -197,17 +201,15 @@ pub fn shape(sql: &str) -> Option<String> {
                 i = j + 1;
             }
             b'"' => {
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return None,
-                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
-                        Some(b'"') => break,
-                        Some(_) => j += 1,
-                    }
+                // A quoted identifier without `""` in it (sqlparser renders one
+                // that has them with the quotes undoubled, and the text re-read
+                // from that rendering may put a literal inside an identifier).
+                let end = b[i + 1..].iter().position(|&x| x == b'"')? + i + 1;
+                if end == i + 1 || b.get(end + 1) == Some(&b'"') {
+                    return None;
                 }
-                out.extend_from_slice(&b[i..=j]);
-                i = j + 1;
+                out.extend_from_slice(&b[i..=end]);
+                i = end + 1;
             }
             b'-' if next == Some(b'-') => {
                 let end = b[i..]
@@ -240,11 +242,14 @@ pub fn shape(sql: &str) -> Option<String> {
                 out.extend_from_slice(&b[i..j]);
                 i = j;
             }
-            b'0'..=b'9' => {
-                i = number(b, i)?;
-                out.push(b'?');
-            }
-            b'.' if next.is_some_and(|n| n.is_ascii_digit()) => {
+            b'0'..=b'9' | b'.' if c != b'.' || next.is_some_and(|n| n.is_ascii_digit()) => {
+                // A number glued to what precedes it (`"a"1`, `'x'2`, `t.5`,
+                // `)1`) is read differently by different lexers.
+                if i > 0
+                    && (ident(b[i - 1]) || matches!(b[i - 1], b'"' | b'\'' | b')' | b']' | b'.'))
+                {
+                    return None;
+                }
                 i = number(b, i)?;
                 out.push(b'?');
             }
@@ -256,10 +261,19 @@ pub fn shape(sql: &str) -> Option<String> {
                 out.extend_from_slice(&b[i..j]);
                 i = j;
             }
-            _ => {
+            // Plain punctuation only: other operator characters (`&` of
+            // `U&""`, `!`, `?`, `#`, `@`, ...), other whitespace and non-ASCII
+            // text outside quotes are lexed differently by different lexers.
+            b' ' | b'\t' | b'\n' | b'\r' | b'(' | b')' | b',' | b';' | b'.' | b'*' | b'='
+            | b'<' | b'>' | b'+' | b'-' | b'/' | b'%' | b':' | b'[' | b']' | b'|' => {
                 out.push(c);
                 i += 1;
             }
+            b'!' if next == Some(b'=') => {
+                out.extend_from_slice(b"!=");
+                i += 2;
+            }
+            _ => return None,
         }
     }
     String::from_utf8(out).ok()
@@ -278,7 +292,12 @@ fn number(b: &[u8], mut i: usize) -> Option<usize> {
     };
     i = digits(b, i);
     if b.get(i) == Some(&b'.') && b.get(i + 1) != Some(&b'.') {
-        i = digits(b, i + 1);
+        let end = digits(b, i + 1);
+        // `1.e5`: not every lexer reads an exponent after a bare dot.
+        if end == i + 1 && matches!(b.get(end), Some(b'e' | b'E')) {
+            return None;
+        }
+        i = end;
     }
     if matches!(b.get(i), Some(b'e' | b'E')) {
         let mut j = i + 1;
@@ -291,7 +310,13 @@ fn number(b: &[u8], mut i: usize) -> Option<usize> {
         i = digits(b, j);
     }
     match b.get(i) {
-        Some(c) if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.' || *c >= 0x80 => None,
+        Some(c)
+            if c.is_ascii_alphanumeric()
+                || matches!(*c, b'_' | b'.' | b'"' | b'\'' | b'$')
+                || *c >= 0x80 =>
+        {
+            None
+        }
         _ => Some(i),
     }
 }
@@ -476,6 +501,109 @@ mod literal_site_tests {
         for (t, want) in [
             ("SELECT 1 t", "SELECT ? t"),
             ("SELECT 1.5e-3, 2E+4, .5, 3.", "SELECT ?, ?, ?, ?"),
+        ] {
+            assert_eq!(shape(t).as_deref(), Some(want), "{t}");
+        }
+    }
+
+    /// The committed seeds of the `sql_shape_cache` fuzz target (fuzz/seeds/),
+    /// each with its sibling (every digit changed), as the target checks them.
+    #[test]
+    fn fuzz_seeds_get_their_own_analysis() {
+        let sibling = |t: &str| -> String {
+            t.chars()
+                .map(|c| match c {
+                    '0'..='8' => char::from(c as u8 + 1),
+                    '9' => '0',
+                    c => c,
+                })
+                .collect()
+        };
+        let facts = |a: &Analysis| {
+            a.error.as_ref().map_or_else(
+                || {
+                    a.statements
+                        .iter()
+                        .map(|s| format!("{:?} {:?}", s.facts, s.set_search_path))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+                |_| "error".to_string(),
+            )
+        };
+        for (t, shaped) in [
+            (
+                "SELECT E! &id&\"\"\"\"\"\"\"\"DouW*(0)\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"PIVOWI\"\"\"\"\"= 1",
+                false,
+            ),
+            (
+                "SELECT E! &id&\"\"\"\"\"\"\"\"DouW*(0)\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"PIVOWI\"\"\"\"\"= 1",
+                false,
+            ),
+            ("EXPLAIN (ANALYZE 0) DELETE FROM orders WHERE id = 2", true),
+            ("SET search_path TO 'a1'", true),
+            ("SELECT * FROM t WHERE a = 1 AND b = 'x'", true),
+            ("SELECT 1x1", false),
+        ] {
+            let s = sibling(t);
+            assert_eq!(shape(t).is_some(), shaped, "{t}");
+            let c = Analyzer::new(16);
+            c.analyze(&s);
+            let shared = c.analyze(t);
+            let own = Analyzer::new(0).analyze(t);
+            assert_eq!(facts(&own), facts(&shared), "{t} got the analysis of {s}");
+        }
+    }
+
+    #[test]
+    fn literals_whose_place_is_not_certain_are_not_shaped() {
+        for t in [
+            // Doubled quotes in a quoted identifier, an empty one, quotes glued
+            // to numbers or to each other.
+            "SELECT \"a\"\"b\" = 1",
+            "SELECT \"\"\"\"\"\"\"\"x*(0)\"\"\"\" = 1",
+            "SELECT \"\" = 1",
+            "SELECT \"a\"1",
+            "SELECT 1\"a\"",
+            "SELECT 'a'1",
+            "SELECT 1'a'",
+            "SELECT \"a\"'b'",
+            // Numbers glued to identifiers, dots or brackets.
+            "SELECT 1x1",
+            "SELECT t.5",
+            "SELECT (a)1",
+            "SELECT 1.e5",
+            // Operator characters and text the lexers may read apart.
+            "SELECT E! &id& 1",
+            "SELECT U&\"a\" = 1",
+            "SELECT a ? 1",
+            "SELECT a # 1",
+            "SELECT a @> '{1}'",
+            "SELECT \u{e4} = 1",
+            "SELECT a\u{a0}= 1",
+            "SELECT a\x0b= 1",
+        ] {
+            assert_eq!(shape(t), None, "{t}");
+        }
+        let c = Analyzer::new(16);
+        let x = c.analyze("SELECT 1x1");
+        let y = c.analyze("SELECT 2x2");
+        assert!(!Arc::ptr_eq(&x, &y));
+        // The common case is still shaped.
+        for (t, want) in [
+            (
+                "SELECT \"Name\", a.b FROM t a WHERE id = 42 AND s != 'it''s'",
+                "SELECT \"Name\", a.b FROM t a WHERE id = ? AND s != ?",
+            ),
+            (
+                "UPDATE t SET n = n + 1, s = s || 'x' WHERE id IN (1, 2) AND v::int <> -3;",
+                "UPDATE t SET n = n + ?, s = s || ? WHERE id IN (?, ?) AND v::int <> -?;",
+            ),
+            (
+                "SELECT a[1], b % 2 FROM \"t\" WHERE c >= 1.5 -- 'x' 1\n",
+                "SELECT a[?], b % ? FROM \"t\" WHERE c >= ? -- 'x' 1\n",
+            ),
+            ("SELECT 'h\u{e4}' = \"\u{e4}\"", "SELECT ? = \"\u{e4}\""),
         ] {
             assert_eq!(shape(t).as_deref(), Some(want), "{t}");
         }
