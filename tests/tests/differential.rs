@@ -1322,46 +1322,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "SET role = 'x', SET \"role\" = x and set_config('role', ...) are not classified set_role",
     ),
     (
-        "search_path",
-        "set_config",
-        "set_config('search_path', ...) changes the search_path; the agent does not follow it",
-    ),
-    (
-        "table missing",
-        "set_config('search_path'",
-        "set_config('search_path', ...): later unqualified names resolve where the agent does not look",
-    ),
-    (
-        "search_path",
-        "'\"$user\"'",
-        "a string in SET search_path is one schema name as it stands; the agent strips its quotes",
-    ),
-    (
-        "search_path",
-        ", \"e'",
-        "SET search_path = E'...': the agent takes the literal's spelling (e'...') as the schema name",
-    ),
-    (
-        "table missing",
-        "\"u&'",
-        "SET search_path = U&'priv\\0061te': later unqualified names resolve in `private`; the agent looks in `u&'private'`",
-    ),
-    (
-        "table missing",
-        "\"e'",
-        "SET search_path = E'priv\\x61te': later unqualified names resolve in `private`; the agent looks in `e'private'`",
-    ),
-    (
-        "search_path",
-        ", \"u&'",
-        "SET search_path = U&'...': the agent takes the literal's spelling (u&'...') as the schema name",
-    ),
-    (
-        "search_path",
-        ", \"$",
-        "SET search_path = $$...$$: the agent takes the literal's spelling ($$...$$) as the schema name",
-    ),
-    (
         "kind",
         "EXPLAIN (ANALYZE 0)",
         "the shape cache shares EXPLAIN (ANALYZE 0) with EXPLAIN (ANALYZE 1)",

@@ -469,8 +469,11 @@ impl Collector {
             self.kind(K::SetRole);
         }
         if name.eq_ignore_ascii_case("search_path") {
-            match &value {
-                Some(v) => self.set_config_path = Some(path_list(v)),
+            match value.as_deref().map(path_list) {
+                Some(Some(v)) => self.set_config_path = Some(v),
+                Some(None) => self.pin(Some(
+                    "set_config of search_path to a list the agent cannot read with certainty (the server rejects it or reads it differently by version)".into(),
+                )),
                 None => self.pin(Some(
                     "set_config of search_path to a value that is not a string literal: the agent cannot tell which schemas names resolve to".into(),
                 )),
@@ -1202,41 +1205,113 @@ fn fingerprint(s: &Statement) -> String {
     s.to_string()
 }
 
-/// A search_path written as one string (`'"$user", public'`): its names.
-fn path_list(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for part in s.split(',') {
-        let p = part.trim();
-        let p = if p.len() >= 2 && p.starts_with('"') && p.ends_with('"') {
-            p[1..p.len() - 1].to_string()
-        } else {
-            p.to_ascii_lowercase()
-        };
-        if !p.is_empty() {
-            out.push(p);
+/// PostgreSQL truncates a name to NAMEDATALEN - 1 bytes (at a character boundary).
+const MAX_NAME_BYTES: usize = 63;
+
+fn truncate_name(mut s: String) -> String {
+    if s.len() > MAX_NAME_BYTES {
+        let mut end = MAX_NAME_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
         }
+        s.truncate(end);
     }
-    out
+    s
 }
 
-fn search_path_values(values: &[Expr]) -> Vec<String> {
-    let mut out = Vec::new();
-    for v in values {
-        let s = match v {
-            Expr::Identifier(id) => fold(id),
-            Expr::Value(v) => match &v.value {
-                ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
-                    // A string holds one or several comma-separated names.
-                    out.extend(path_list(s));
-                    continue;
-                }
-                other => other.to_string().to_ascii_lowercase(),
-            },
-            other => other.to_string().to_ascii_lowercase(),
-        };
-        out.push(s);
+/// A search_path written as one string (`set_config('search_path', '"$user",
+/// public', ...)`): its names as the server splits the list
+/// (`SplitIdentifierString`): a quoted name as it stands with `""` read as `"`,
+/// an unquoted one up to a comma or whitespace and folded, each truncated. A
+/// name that is `$user` once unquoted is the special `$user`. None where the
+/// server rejects the list or reads it differently by version (a vertical tab).
+fn path_list(s: &str) -> Option<Vec<String>> {
+    if s.contains('\x0b') {
+        return None;
     }
-    out
+    let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c');
+    let mut out = Vec::new();
+    let mut rest = s.trim_start_matches(space);
+    if rest.is_empty() {
+        return Some(out);
+    }
+    loop {
+        let name = if let Some(mut r) = rest.strip_prefix('"') {
+            let mut n = String::new();
+            loop {
+                let end = r.find('"')?;
+                n.push_str(&r[..end]);
+                let after = &r[end + 1..];
+                match after.strip_prefix('"') {
+                    Some(a) => {
+                        n.push('"');
+                        r = a;
+                    }
+                    None => {
+                        rest = after;
+                        break;
+                    }
+                }
+            }
+            n
+        } else {
+            let end = rest
+                .find(|c: char| c == ',' || space(c))
+                .unwrap_or(rest.len());
+            if end == 0 {
+                return None;
+            }
+            let n = rest[..end].to_ascii_lowercase();
+            rest = &rest[end..];
+            n
+        };
+        out.push(truncate_name(name));
+        rest = rest.trim_start_matches(space);
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r.trim_start_matches(space);
+        } else if rest.is_empty() {
+            return Some(out);
+        } else {
+            return None;
+        }
+    }
+}
+
+/// The schemas of `SET search_path TO values`, as the server reads them: each
+/// value is one name (the server quotes every value before it splits the list),
+/// so a string is one name as it stands, commas and double quotes included
+/// (`'"$user"'` is a schema named `"$user"`, `'$user'` is `$user`), an
+/// identifier is folded unless quoted, an integer is its decimal value. Err:
+/// why the agent cannot read a value with certainty (E'', U&'', dollar quotes,
+/// any other form), for the statement to be refused.
+fn search_path_values(values: &[Expr]) -> Result<Vec<String>, String> {
+    let refuse = |what: &dyn std::fmt::Display| {
+        format!(
+            "SET search_path to `{what}`: the agent cannot tell with certainty which schema that names (write the schema as an identifier or a plain '...' string)"
+        )
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        let name = match v {
+            Expr::Identifier(id) => fold(id),
+            Expr::Value(x) => match &x.value {
+                ast::Value::SingleQuotedString(s) => s.clone(),
+                ast::Value::Boolean(b) => b.to_string(),
+                ast::Value::Number(n, false)
+                    if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) =>
+                {
+                    // An integer that fits is printed back (`007` is `7`); a
+                    // larger one is kept as written.
+                    n.parse::<i32>()
+                        .map_or_else(|_| n.clone(), |i| i.to_string())
+                }
+                other => return Err(refuse(other)),
+            },
+            other => return Err(refuse(other)),
+        };
+        out.push(truncate_name(name));
+    }
+    Ok(out)
 }
 
 /// Analyses one parsed statement.
@@ -1302,19 +1377,24 @@ pub(super) fn statement_info(s: &Statement) -> StatementInfo {
                 },
             );
         }
+        // Setting names are case-insensitive (`SET "Search_Path" = x` too).
         Statement::Set(Set::SingleAssignment {
             variable, values, ..
-        }) if name_of(variable) == "search_path" => {
-            let v = search_path_values(values);
-            if v.len() == 1 && v[0] == "default" {
+        }) if name_of(variable).eq_ignore_ascii_case("search_path") => {
+            if is_default(values) {
                 info.reset_search_path = true;
             } else {
-                info.set_search_path = Some(v);
+                match search_path_values(values) {
+                    Ok(v) => info.set_search_path = Some(v),
+                    Err(why) => c.pin(Some(why)),
+                }
             }
         }
         Statement::Reset(r) => match &r.reset {
             ast::Reset::ALL => info.reset_search_path = true,
-            ast::Reset::ConfigurationParameter(n) if name_of(n) == "search_path" => {
+            ast::Reset::ConfigurationParameter(n)
+                if name_of(n).eq_ignore_ascii_case("search_path") =>
+            {
                 info.reset_search_path = true;
             }
             _ => {}

@@ -295,11 +295,92 @@ fn prepare_execute_deallocate_and_search_path() {
         info("SET search_path TO \"$user\", Public, \"Odd\"").set_search_path,
         Some(s(&["$user", "public", "Odd"]))
     );
+    // A string is one name as it stands: the server quotes each value.
     assert_eq!(
         info("SET search_path = 'a, b'").set_search_path,
-        Some(s(&["a", "b"]))
+        Some(s(&["a, b"]))
     );
     assert!(info("RESET search_path").reset_search_path);
+}
+
+/// `SET search_path` values read as the server reads them, or refused.
+#[test]
+fn search_path_values_are_read_as_the_server_reads_them() {
+    let long = "x".repeat(70);
+    let cases: &[(&str, &[&str])] = &[
+        ("SET search_path = private", &["private"]),
+        ("SET search_path = PRIVATE, \"Odd\"", &["private", "Odd"]),
+        ("SET search_path TO 'Private'", &["Private"]),
+        // A string holding quotes names a schema with quotes in its name.
+        (
+            "SET search_path = '\"$user\"', private",
+            &["\"$user\"", "private"],
+        ),
+        ("SET search_path = '$user', \"$user\"", &["$user", "$user"]),
+        ("SET search_path = 'it''s'", &["it's"]),
+        ("SET search_path = ''", &[""]),
+        ("SET \"Search_Path\" = private", &["private"]),
+        ("SET search_path = \"default\"", &["default"]),
+        ("SET search_path = 'default'", &["default"]),
+        ("SET search_path = 007", &["7"]),
+        ("SET search_path = 99999999999", &["99999999999"]),
+    ];
+    for (t, want) in cases {
+        assert_eq!(info(t).set_search_path, Some(s(want)), "{t}");
+        assert_eq!(info(t).pinned_setting, None, "{t}");
+        assert!(!info(t).reset_search_path, "{t}");
+    }
+    // Names are truncated to 63 bytes, as the server truncates them.
+    let t = format!("SET search_path = '{long}', {long}");
+    assert_eq!(
+        info(&t).set_search_path,
+        Some(vec!["x".repeat(63), "x".repeat(63)])
+    );
+    assert!(info("SET search_path TO DEFAULT").reset_search_path);
+    // Forms the agent does not read with certainty are refused, whatever the
+    // policy says.
+    for t in [
+        r"SET search_path = E'priv\x61te'",
+        r"SET search_path = e'private'",
+        r"SET search_path = U&'priv\0061te'",
+        "SET search_path = $$private$$",
+        "SET search_path = $x$private$x$",
+        "SET search_path = private, $$public$$",
+        "SET search_path = 1.5",
+    ] {
+        let a = Analyzer::new(0).analyze(t);
+        if a.error.is_some() {
+            continue;
+        }
+        let i = &a.statements[0];
+        assert!(i.pinned_setting.is_some(), "{t}: {i:?}");
+        assert!(i.set_search_path.is_none(), "{t}");
+        let sess = SqlSession::new("app", None);
+        assert!(sess.facts_for(i).is_err(), "{t}");
+    }
+}
+
+/// `set_config('search_path', list, ...)`: the list split as the server splits it.
+#[test]
+fn set_config_search_path_lists_are_split_as_the_server_splits_them() {
+    let cases: &[(&str, &[&str])] = &[
+        ("'\"$user\", public'", &["$user", "public"]),
+        ("'Private,\"A, \"\"b\"\"\"'", &["private", "A, \"b\""]),
+        ("'  a ,\tb  '", &["a", "b"]),
+        ("''", &[]),
+        ("'\"\"'", &[""]),
+    ];
+    for (list, want) in cases {
+        let t = format!("SELECT set_config('search_path', {list}, false)");
+        assert_eq!(info(&t).set_search_path, Some(s(want)), "{t}");
+        assert_eq!(info(&t).pinned_setting, None, "{t}");
+    }
+    // Lists the server rejects (or reads by version) are refused.
+    for list in ["'a,'", "'a b'", "'\"a'", "',a'", "'a\u{b}'", "E'a'"] {
+        let t = format!("SELECT set_config('search_path', {list}, false)");
+        let i = info(&t);
+        assert!(i.pinned_setting.is_some(), "{t}");
+    }
 }
 
 #[test]
