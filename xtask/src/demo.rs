@@ -337,11 +337,23 @@ pub fn demo(smoke: bool) -> Result<()> {
                 format!("as {}", r["upstream_user"].as_str().unwrap_or("?")),
                 r["decision"].as_str().unwrap_or("?"),
                 r["rule"].as_str().unwrap_or("?"),
-                match r["rows"].as_u64() {
-                    Some(n) => format!("{n} row(s)"),
-                    None => r["outcome"].as_str().unwrap_or("").to_string(),
+                {
+                    // A forwarded statement's result is in its statement_outcome record.
+                    let done = recs
+                        .iter()
+                        .find(|o| {
+                            o["event"] == "statement_outcome"
+                                && o["session_id"] == r["session_id"]
+                                && o["statement_seq"] == r["statement_seq"]
+                        })
+                        .unwrap_or(r);
+                    match done["rows"].as_u64() {
+                        Some(n) => format!("{n} row(s)"),
+                        None => done["outcome"].as_str().unwrap_or("").to_string(),
+                    }
                 }
             ),
+            Some("statement_outcome") => {}
             Some(other) => println!("{other:<8} {}", short(r)),
             None => {}
         }
