@@ -711,6 +711,37 @@ impl Collector {
                 {
                     self.unnamed(K::Create, "a table it copies or inherits from");
                 }
+                // The tables it is made from are named too, so a rule on them matches.
+                let mut sources: Vec<&ObjectName> = Vec::new();
+                if let Some(
+                    ast::CreateTableLikeKind::Parenthesized(l) | ast::CreateTableLikeKind::Plain(l),
+                ) = &c.like
+                {
+                    sources.push(&l.name);
+                }
+                sources.extend(c.inherits.iter().flatten());
+                sources.extend(c.partition_of.iter());
+                sources.extend(c.clone.iter());
+                for n in sources {
+                    push_unique(&mut self.facts.tables_read, table_name(n));
+                }
+                // The PostgreSQL dialect reads `(LIKE t)` as a column named LIKE of
+                // type t: LIKE is reserved, so unquoted it is always the clause.
+                for col in &c.columns {
+                    if col.name.quote_style.is_none() && col.name.value.eq_ignore_ascii_case("like")
+                    {
+                        self.unnamed(K::Create, "a table it copies or inherits from");
+                        match &col.data_type {
+                            ast::DataType::Custom(n, _) => {
+                                push_unique(&mut self.facts.tables_read, table_name(n));
+                            }
+                            other => push_unique(
+                                &mut self.facts.tables_read,
+                                other.to_string().to_lowercase(),
+                            ),
+                        }
+                    }
+                }
                 self.written(table_name(&c.name));
                 if c.query.is_some() {
                     self.kind(K::Select);
@@ -831,7 +862,14 @@ impl Collector {
                         &format!("{other} {}", name_of(object_name)).to_lowercase(),
                     ),
                 }
-                self.written(table_name(object_name));
+                // COMMENT ON COLUMN t.c (or s.t.c) is on table t.
+                let table = match object_type {
+                    ast::CommentObject::Column if object_name.0.len() > 1 => {
+                        ObjectName(object_name.0[..object_name.0.len() - 1].to_vec())
+                    }
+                    _ => object_name.clone(),
+                };
+                self.written(table_name(&table));
             }
             Statement::Set(Set::SingleAssignment {
                 variable, values, ..
@@ -1432,8 +1470,13 @@ fn finish(mut info: StatementInfo, mut c: Collector) -> StatementInfo {
             .filter(|p| p.action == K::Select && matches!(p.on, On::Table(_)))
             .flat_map(|p| p.names().to_vec())
             .collect();
+        // A row lock needs UPDATE on the table, as a write does: a rule on the
+        // tables written matches it too.
         for t in read {
-            c.privilege(K::Update, t);
+            c.privilege(K::Update, t.clone());
+            if c.executes {
+                push_unique(&mut c.facts.tables_written, t);
+            }
         }
     }
     dedup_kinds(&mut c.facts.kinds);

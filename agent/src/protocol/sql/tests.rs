@@ -1092,3 +1092,28 @@ fn statements_the_parser_would_miss_are_refused() {
     // `U & "x"` with spaces is an operator, not an identifier.
     assert_eq!(raw("SELECT u & \"x\" FROM t").len(), 1);
 }
+
+/// Tables a statement reaches without reading or writing rows are named too, so
+/// a rule on them matches: LIKE and INHERITS sources, the table of a column
+/// comment, and every table whose rows are locked (a lock needs UPDATE, as a
+/// write does).
+#[test]
+fn tables_reached_by_ddl_comments_and_row_locks_are_named() {
+    let f = one("CREATE TEMP TABLE t_like (LIKE accounts)");
+    assert!(f.tables_read.contains(&"accounts".to_string()), "{f:?}");
+    let f = one("CREATE TEMP TABLE t_inh () INHERITS (PRIVATE.Accounts)");
+    assert!(
+        f.tables_read.contains(&"private.accounts".to_string()),
+        "{f:?}"
+    );
+    let f = one("COMMENT ON COLUMN audit.id IS 'x'");
+    assert_eq!(f.tables_written, s(&["audit"]), "{f:?}");
+    // (FOR NO KEY UPDATE and FOR KEY SHARE do not parse: refused as unparseable.)
+    for lock in ["FOR UPDATE", "FOR SHARE", "FOR UPDATE NOWAIT"] {
+        let f = one(&format!("SELECT * FROM orders {lock}"));
+        assert_eq!(f.tables_written, s(&["orders"]), "{lock}: {f:?}");
+    }
+    // A plain EXPLAIN locks nothing.
+    let f = one("EXPLAIN SELECT * FROM orders FOR UPDATE");
+    assert!(f.tables_written.is_empty(), "{f:?}");
+}
