@@ -161,6 +161,8 @@ pub struct Enforcement {
     pub packet_guard: Result<(), String>,
     /// Interfaces whose egress drops packet-socket frames to protected targets.
     pub tc_guarded: Vec<String>,
+    /// Interface indexes the guard was tried on (guarded or not).
+    tc_guarded_index: Vec<u32>,
     /// Whether the setsockopt guard is attached (why not, if not).
     pub sockopt_guard: Result<(), String>,
     /// Held open: programs loaded after `open` reference every map by fd.
@@ -330,6 +332,7 @@ impl Enforcement {
             mark: cfg.mark,
             packet_guard: Err("not attached yet".into()),
             tc_guarded: Vec::new(),
+            tc_guarded_index: Vec::new(),
             sockopt_guard: Err("not attached yet".into()),
             targets,
             target_addrs,
@@ -468,6 +471,38 @@ impl Enforcement {
         self.dir
             .join("links")
             .join(format!("{prog}-{}-{short}", self.cgroup_id))
+    }
+
+    /// Puts the interface egress guard on every interface that appeared since the
+    /// last call (a container's veth, a new VLAN): returns the names of those now
+    /// guarded, and of those that could not be (with the reason).
+    #[allow(clippy::type_complexity)]
+    pub fn guard_new_interfaces(&mut self) -> (Vec<String>, Vec<(String, String)>) {
+        let hash = self.object_hash.clone();
+        let mut added = Vec::new();
+        let mut failed = Vec::new();
+        for (ifname, ifindex) in interfaces() {
+            if self.tc_guarded_index.contains(&ifindex) {
+                continue;
+            }
+            let pin = self.link_pin(&format!("{TC_GUARD}-if{ifindex}"), &hash);
+            let res = if pin.exists() && PinnedLink::from_pin(&pin).is_ok() {
+                Ok(())
+            } else {
+                self.attach_tc(&ifname, &pin)
+            };
+            // Tried once per interface index: a failure is reported once, not on
+            // every scan.
+            self.tc_guarded_index.push(ifindex);
+            match res {
+                Ok(()) => {
+                    self.tc_guarded.push(ifname.clone());
+                    added.push(ifname);
+                }
+                Err(e) => failed.push((ifname, e.to_string())),
+            }
+        }
+        (added, failed)
     }
 
     /// Attaches the interface egress guard (tcx) to `ifname` and pins the link.
@@ -633,7 +668,9 @@ impl Enforcement {
             .map(|n| self.link_pin(n, &hash))
             .collect();
         self.tc_guarded = Vec::new();
+        self.tc_guarded_index = Vec::new();
         for (ifname, ifindex) in interfaces() {
+            self.tc_guarded_index.push(ifindex);
             let pin = self.link_pin(&format!("{TC_GUARD}-if{ifindex}"), &hash);
             let res = if pin.exists() && PinnedLink::from_pin(&pin).is_ok() {
                 Ok(())

@@ -171,6 +171,9 @@ pub fn resolve_cgroup(cfg: &AgentConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((root, path))
 }
 
+/// How often the agent looks for network interfaces that appeared since start.
+const INTERFACE_SCAN: Duration = Duration::from_secs(2);
+
 /// How the agent ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -315,6 +318,42 @@ pub async fn run(mut cfg: AgentConfig) -> anyhow::Result<Outcome> {
     if shared.cfg.policy_watch_secs > 0 {
         let s = shared.clone();
         tokio::spawn(async move { watch_policy_dir(s).await });
+    }
+    // Interfaces that appear later (a container's veth) get the packet-socket
+    // guard within INTERFACE_SCAN of appearing.
+    {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(INTERFACE_SCAN).await;
+                let (added, failed) = match s.enforcement.lock() {
+                    Ok(mut e) => e.guard_new_interfaces(),
+                    Err(_) => continue,
+                };
+                for ifname in added {
+                    tracing::info!(interface = %ifname, "packet socket guard attached to a new interface");
+                    if let Err(e) = s
+                        .audit
+                        .record("interface_guarded", json!({ "interface": ifname }))
+                    {
+                        tracing::error!(error = %e, "interface_guarded record lost");
+                    }
+                }
+                for (ifname, error) in failed {
+                    tracing::warn!(
+                        interface = %ifname,
+                        error = %error,
+                        "packet socket frames to protected targets are not dropped on this new interface"
+                    );
+                    if let Err(e) = s.audit.record(
+                        "interface_unguarded",
+                        json!({ "interface": ifname, "error": error }),
+                    ) {
+                        tracing::error!(error = %e, "interface_unguarded record lost");
+                    }
+                }
+            }
+        });
     }
     if let Some(every) = systemd::watchdog_interval() {
         tokio::spawn(async move {

@@ -710,3 +710,68 @@ fn a_user_manager_unit_is_not_read_as_a_system_unit() {
         "a user's etl.service must not pass as the system's: {rec:#}"
     );
 }
+
+/// An interface created after the agent started (a container's veth, here a
+/// veth pair) gets the packet-socket guard within seconds, and says so in the
+/// audit log.
+#[test]
+fn an_interface_created_after_start_is_guarded() {
+    if !privileged("an_interface_created_after_start_is_guarded") {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let port = free_port();
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY),
+        AgentOpts {
+            exec_prefix: [
+                "unshare",
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$@\"",
+                "own-netns",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            ..Default::default()
+        },
+    );
+    let agent_pid = agent.child.as_ref().expect("agent runs").id();
+    let netns = format!("--net=/proc/{agent_pid}/ns/net");
+    let out = Command::new("nsenter")
+        .args([
+            &netns, "ip", "link", "add", "pcveth0", "type", "veth", "peer", "name", "pcveth1",
+        ])
+        .output()
+        .expect("run ip link add");
+    assert!(
+        out.status.success(),
+        "ip link add failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let guarded = loop {
+        let hit = agent
+            .audit()
+            .into_iter()
+            .find(|r| r["event"] == "interface_guarded" || r["event"] == "interface_unguarded");
+        if let Some(r) = hit {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no interface_guarded record for the new veth within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(guarded["event"], "interface_guarded", "{guarded:#}");
+    assert!(
+        guarded["interface"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("pcveth")),
+        "{guarded:#}"
+    );
+}
