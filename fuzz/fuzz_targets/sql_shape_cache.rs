@@ -8,29 +8,17 @@
 use libfuzzer_sys::fuzz_target;
 use portcullis_fuzz::protocol::sql::{Analysis, Analyzer};
 
-/// What the policy and the session read: facts, dangerous features,
-/// PREPARE/EXECUTE/DEALLOCATE and search_path changes. Not the error message
-/// (errors are never shared) nor the audit fingerprint (literals replaced, so
-/// equal for one shape except where the scanner's literal is wider than the
-/// parser's: `SELECT 1x1`, a number then an alias, is one literal to it).
+/// What the policy, the session and the audit log read: facts, dangerous
+/// features, PREPARE/EXECUTE/DEALLOCATE, search_path changes and the audit
+/// fingerprint (literals replaced, so equal for one shape). Not the error
+/// message (errors are never shared).
 fn json(a: &Analysis) -> String {
     if a.error.is_some() {
         return "error".into();
     }
-    let mut v = serde_json::to_value(&a.statements).unwrap_or_default();
-    for s in v.as_array_mut().into_iter().flatten() {
-        if let Some(o) = s.as_object_mut() {
-            o.remove("fingerprint");
-            if let Some(inner) = o
-                .get_mut("prepare")
-                .and_then(|p| p.get_mut(1))
-                .and_then(|p| p.as_object_mut())
-            {
-                inner.remove("fingerprint");
-            }
-        }
-    }
-    v.to_string()
+    serde_json::to_value(&a.statements)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -24,8 +24,10 @@
 //! different server versions and by the parser), quoted identifiers that hold
 //! doubled quotes or are empty, operator characters other than plain
 //! punctuation (`!` but in `!=`, `&`, `?`, `#`, `@`, `~`, ...), whitespace other
-//! than space, tab and newlines, non-ASCII text outside quotes, unterminated
-//! quotes or comments.
+//! than space, tab and newlines, non-ASCII text outside quotes, strings where
+//! the parser may read a name or an alias (`AS 'x'`, `FROM 'x'`, `1 'x'`: a
+//! string is shaped only after an operator, a bracket, a comma or a keyword that
+//! takes a value), unterminated quotes or comments.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -178,14 +180,22 @@ pub fn shape(sql: &str) -> Option<String> {
     }
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    // The previous token (not whitespace or a comment), as written.
+    let mut prev: &[u8] = &[];
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
         let next = b.get(i + 1).copied();
+        let start = i;
         match c {
             b'\'' => {
-                // A prefixed string (E'', B'', X'', N'', U&'') is left alone.
+                // A prefixed string (E'', B'', X'', N'', U&'') is left alone,
+                // and so is a string where the parser may read a name (`AS 'x'`,
+                // `FROM 'x'`, `1 'x'`, `'a' 'b'`).
                 if i > 0 && (ident(b[i - 1]) || b[i - 1] == b'&' || b[i - 1] == b'"') {
+                    return None;
+                }
+                if !value_follows(prev) {
                     return None;
                 }
                 let mut j = i + 1;
@@ -199,6 +209,7 @@ pub fn shape(sql: &str) -> Option<String> {
                 }
                 out.push(b'?');
                 i = j + 1;
+                prev = &b[start..i];
             }
             b'"' => {
                 // A quoted identifier without `""` in it (sqlparser renders one
@@ -210,6 +221,7 @@ pub fn shape(sql: &str) -> Option<String> {
                 }
                 out.extend_from_slice(&b[i..=end]);
                 i = end + 1;
+                prev = &b[start..i];
             }
             b'-' if next == Some(b'-') => {
                 let end = b[i..]
@@ -252,6 +264,7 @@ pub fn shape(sql: &str) -> Option<String> {
                 }
                 i = number(b, i)?;
                 out.push(b'?');
+                prev = &b[start..i];
             }
             _ if ident(c) => {
                 let mut j = i;
@@ -260,23 +273,69 @@ pub fn shape(sql: &str) -> Option<String> {
                 }
                 out.extend_from_slice(&b[i..j]);
                 i = j;
+                prev = &b[start..i];
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                out.push(c);
+                i += 1;
             }
             // Plain punctuation only: other operator characters (`&` of
             // `U&""`, `!`, `?`, `#`, `@`, ...), other whitespace and non-ASCII
             // text outside quotes are lexed differently by different lexers.
-            b' ' | b'\t' | b'\n' | b'\r' | b'(' | b')' | b',' | b';' | b'.' | b'*' | b'='
-            | b'<' | b'>' | b'+' | b'-' | b'/' | b'%' | b':' | b'[' | b']' | b'|' => {
+            b'(' | b')' | b',' | b';' | b'.' | b'*' | b'=' | b'<' | b'>' | b'+' | b'-' | b'/'
+            | b'%' | b':' | b'[' | b']' | b'|' => {
                 out.push(c);
                 i += 1;
+                prev = &b[start..i];
             }
             b'!' if next == Some(b'=') => {
                 out.extend_from_slice(b"!=");
                 i += 2;
+                prev = b"=";
             }
             _ => return None,
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Whether a string after `prev` (the token before it) is certainly a value:
+/// after an operator, an opening bracket or a comma, or after a keyword that
+/// takes a value (`SET x TO 'y'`, `SET NAMES 'y'`, `EXPLAIN (ANALYZE 'on')`) or
+/// the type name of a typed literal (`date '2020-01-01'`).
+/// Elsewhere the parser may read a string as a name (`AS 'x'`, `FROM 'x'`) or
+/// an alias (`1 'x'`), which the server rejects.
+fn value_follows(prev: &[u8]) -> bool {
+    const WORDS: &[&str] = &[
+        "select",
+        "where",
+        "and",
+        "or",
+        "not",
+        "like",
+        "ilike",
+        "similar",
+        "then",
+        "else",
+        "when",
+        "case",
+        "between",
+        "escape",
+        "returning",
+        "having",
+        "date",
+        "time",
+        "timestamp",
+        "timestamptz",
+        "interval",
+        "to",
+        "names",
+        "analyze",
+    ];
+    match prev {
+        [c] if b"=<>(,+-*/%|[".contains(c) => true,
+        w => WORDS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(w)),
+    }
 }
 
 /// The end of the plain decimal number at `i` (`12`, `1.5`, `.5`, `1.`, `1e-3`,
@@ -580,6 +639,13 @@ mod literal_site_tests {
             "SELECT a # 1",
             "SELECT a @> '{1}'",
             "SELECT \u{e4} = 1",
+            // Strings where the parser may read a name or an alias.
+            "SELECT F = 00  'x3'",
+            "SELECT 1 AS 'x'",
+            "SELECT * FROM 'a1'",
+            "SELECT 'a'\n'b'",
+            "SELECT count(*) 'x'",
+            "'x'",
             "SELECT a\u{a0}= 1",
             "SELECT a\x0b= 1",
         ] {
@@ -604,6 +670,14 @@ mod literal_site_tests {
                 "SELECT a[?], b % ? FROM \"t\" WHERE c >= ? -- 'x' 1\n",
             ),
             ("SELECT 'h\u{e4}' = \"\u{e4}\"", "SELECT ? = \"\u{e4}\""),
+            (
+                "SELECT 'a', x FROM t WHERE d > date '2020-01-01' AND n LIKE 'a%' OR -- c\n 'b' = s",
+                "SELECT ?, x FROM t WHERE d > date ? AND n LIKE ? OR -- c\n ? = s",
+            ),
+            (
+                "INSERT INTO t (a, b) VALUES ('x', 1), ('y', 2) RETURNING a",
+                "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) RETURNING a",
+            ),
         ] {
             assert_eq!(shape(t).as_deref(), Some(want), "{t}");
         }
