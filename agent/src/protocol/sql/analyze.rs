@@ -208,6 +208,13 @@ const DANGEROUS_PREFIXES: &[&str] = &["dblink", "pg_logical_slot_", "pg_replicat
 const PRIVILEGED_BUILTINS: &[&str] = &[
     "nextval",
     "setval",
+    // Reads of a sequence's state (the server checks USAGE or SELECT on it).
+    "currval",
+    "lastval",
+    // Hold a backend or a lock shared with every other session.
+    "pg_sleep",
+    "pg_sleep_for",
+    "pg_sleep_until",
     "loread",
     "lowrite",
     "pg_notify",
@@ -226,6 +233,8 @@ const PRIVILEGED_BUILTINS: &[&str] = &[
 /// replication slots and origins, server files).
 const PRIVILEGED_BUILTIN_PREFIXES: &[&str] = &[
     "lo_",
+    "pg_advisory_",
+    "pg_try_advisory_",
     "pg_stat_reset",
     "pg_create_",
     "pg_drop_",

@@ -661,6 +661,15 @@ fn an_allow_grants_only_what_it_names() {
             "execute pg_catalog.nextval",
         ),
         ("SELECT lo_get(16384)", "execute pg_catalog.lo_get"),
+        (
+            "SELECT currval('orders_id_seq')",
+            "execute pg_catalog.currval",
+        ),
+        ("SELECT pg_sleep(600)", "execute pg_catalog.pg_sleep"),
+        (
+            "SELECT pg_advisory_lock(1)",
+            "execute pg_catalog.pg_advisory_lock",
+        ),
         ("DO $$ BEGIN DELETE FROM orders; END $$", "do"),
         ("SET ROLE admin", "set_role"),
         ("CALL archive_orders()", "call"),
