@@ -1322,16 +1322,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "SET role = 'x', SET \"role\" = x and set_config('role', ...) are not classified set_role",
     ),
     (
-        "kind",
-        "EXPLAIN (ANALYZE 0)",
-        "the shape cache shares EXPLAIN (ANALYZE 0) with EXPLAIN (ANALYZE 1)",
-    ),
-    (
-        "boundary",
-        "EXPLAIN (ANALYZE 0)",
-        "the shape cache shares EXPLAIN (ANALYZE 0) with EXPLAIN (ANALYZE 1)",
-    ),
-    (
         "table missing",
         "ONLY",
         "FROM ONLY t is read as a table named `only` with alias t",
