@@ -1272,7 +1272,7 @@ fn truncate_name(mut s: String) -> String {
 /// an unquoted one up to a comma or whitespace and folded, each truncated. A
 /// name that is `$user` once unquoted is the special `$user`. None where the
 /// server rejects the list or reads it differently by version (a vertical tab).
-fn path_list(s: &str) -> Option<Vec<String>> {
+pub(super) fn path_list(s: &str) -> Option<Vec<String>> {
     if s.contains('\x0b') {
         return None;
     }

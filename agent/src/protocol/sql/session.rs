@@ -300,8 +300,14 @@ impl SqlSession {
     }
 }
 
-/// A search_path as the startup option gives it: `"$user", public`.
+/// A search_path as the startup option or the server gives it (`"$user", public`),
+/// split as the server splits it (`"a,b"` is one schema). A list the server's
+/// rules would not accept is split at every comma (the candidates then include
+/// more names, never fewer).
 fn parse_path_list(p: &str) -> Vec<String> {
+    if let Some(list) = super::analyze::path_list(p) {
+        return list;
+    }
     p.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -313,6 +319,20 @@ fn parse_path_list(p: &str) -> Vec<String> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::parse_path_list;
+
+    #[test]
+    fn a_reported_search_path_is_split_as_the_server_splits_it() {
+        assert_eq!(
+            parse_path_list("\"a,b\", Public, \"$user\""),
+            vec!["a,b".to_string(), "public".to_string(), "$user".to_string()]
+        );
+        assert_eq!(parse_path_list("\"x\"\"y\""), vec!["x\"y".to_string()]);
+    }
 }
 
 #[cfg(test)]
