@@ -255,6 +255,22 @@ pub fn cgroup_id(path: &Path) -> Result<u64, EbpfError> {
         })
 }
 
+/// Pins `link` at `pin`, replacing what is there in one rename: the old pin (and
+/// the enforcement it holds) stays until the new one is in place. bpffs refuses
+/// names with a dot, hence the `_new` suffix of the temporary name.
+fn pin_replacing(link: FdLink, pin: &Path) -> Result<(), EbpfError> {
+    let tmp = PathBuf::from(format!("{}_new", pin.display()));
+    let _ = std::fs::remove_file(&tmp);
+    link.pin(&tmp).map_err(|e| EbpfError::Pin {
+        path: tmp.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, pin).map_err(|e| EbpfError::Pin {
+        path: pin.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 impl Enforcement {
     /// Opens (or creates) the pinned maps and writes the agent settings. Nothing is
     /// attached yet: call [`Enforcement::sync_targets`], then [`Enforcement::attach`].
@@ -530,16 +546,7 @@ impl Enforcement {
             path: pin.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let tmp = PathBuf::from(format!("{}_new", pin.display()));
-        let _ = std::fs::remove_file(&tmp);
-        fd_link.pin(&tmp).map_err(|e| EbpfError::Pin {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::rename(&tmp, pin).map_err(|e| EbpfError::Pin {
-            path: pin.to_path_buf(),
-            reason: e.to_string(),
-        })
+        pin_replacing(fd_link, pin)
     }
 
     /// Loads `name`, attaches it to the enforced cgroup and pins its link at `pin`.
@@ -555,79 +562,41 @@ impl Enforcement {
             .ebpf
             .program_mut(name)
             .ok_or(EbpfError::MissingProgram(name))?;
+        let link_err = |e: aya::programs::links::LinkError| EbpfError::Pin {
+            path: pin.clone(),
+            reason: e.to_string(),
+        };
+        // Load, attach to the cgroup, take the link: the same steps for each
+        // program type, with the type's own attach arguments.
+        macro_rules! cgroup_link {
+            ($ty:ty, |$p:ident| $attach:expr) => {{
+                let $p: &mut $ty = program.try_into().map_err(prog_err)?;
+                $p.load().map_err(prog_err)?;
+                let id = $attach.map_err(prog_err)?;
+                FdLink::try_from($p.take_link(id).map_err(prog_err)?).map_err(link_err)?
+            }};
+        }
         let fd_link: FdLink = match name {
-            "pc_connect4" | "pc_connect6" => {
-                let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err)?;
-                p.load().map_err(prog_err)?;
-                let id = p
-                    .attach(cgroup_file, CgroupAttachMode::Single)
-                    .map_err(prog_err)?;
-                let link = p.take_link(id).map_err(prog_err)?;
-                FdLink::try_from(link).map_err(|e| EbpfError::Pin {
-                    path: pin.clone(),
-                    reason: e.to_string(),
-                })?
-            }
+            "pc_connect4" | "pc_connect6" => cgroup_link!(CgroupSockAddr, |p| p
+                .attach(cgroup_file, CgroupAttachMode::Single)),
             "pc_sockops" => {
-                let p: &mut SockOps = program.try_into().map_err(prog_err)?;
-                p.load().map_err(prog_err)?;
-                let id = p
-                    .attach(cgroup_file, CgroupAttachMode::Single)
-                    .map_err(prog_err)?;
-                let link = p.take_link(id).map_err(prog_err)?;
-                FdLink::try_from(link).map_err(|e| EbpfError::Pin {
-                    path: pin.clone(),
-                    reason: e.to_string(),
-                })?
+                cgroup_link!(SockOps, |p| p.attach(cgroup_file, CgroupAttachMode::Single))
             }
-            "pc_egress" => {
-                let p: &mut CgroupSkb = program.try_into().map_err(prog_err)?;
-                p.load().map_err(prog_err)?;
-                let id = p
-                    .attach(
-                        cgroup_file,
-                        CgroupSkbAttachType::Egress,
-                        CgroupAttachMode::Single,
-                    )
-                    .map_err(prog_err)?;
-                let link = p.take_link(id).map_err(prog_err)?;
-                FdLink::try_from(link).map_err(|e| EbpfError::Pin {
-                    path: pin.clone(),
-                    reason: e.to_string(),
-                })?
-            }
-            "pc_sock_create" => {
-                let p: &mut CgroupSock = program.try_into().map_err(prog_err)?;
-                p.load().map_err(prog_err)?;
-                let id = p
-                    .attach(cgroup_file, CgroupAttachMode::Single)
-                    .map_err(prog_err)?;
-                let link = p.take_link(id).map_err(prog_err)?;
-                FdLink::try_from(link).map_err(|e| EbpfError::Pin {
-                    path: pin.clone(),
-                    reason: e.to_string(),
-                })?
-            }
+            "pc_egress" => cgroup_link!(CgroupSkb, |p| p.attach(
+                cgroup_file,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )),
+            "pc_sock_create" => cgroup_link!(CgroupSock, |p| p
+                .attach(cgroup_file, CgroupAttachMode::Single)),
             _ => {
                 let p: &mut LsmCgroup = program.try_into().map_err(prog_err)?;
                 p.load("socket_create", &self.btf).map_err(prog_err)?;
                 let id = p.attach(cgroup_file).map_err(prog_err)?;
-                let link = p.take_link(id).map_err(prog_err)?;
-                FdLink::from(link)
+                FdLink::from(p.take_link(id).map_err(prog_err)?)
             }
         };
-        // bpffs refuses names with a dot.
-        let tmp = PathBuf::from(format!("{}_new", pin.display()));
-        let _ = std::fs::remove_file(&tmp);
-        fd_link.pin(&tmp).map_err(|e| EbpfError::Pin {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        })?;
-        std::fs::rename(&tmp, &pin).map_err(|e| EbpfError::Pin {
-            path: pin.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(())
+        pin_replacing(fd_link, &pin)
     }
 
     /// Attaches (or adopts) the enforcement programs and pins their links, then

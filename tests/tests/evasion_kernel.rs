@@ -254,23 +254,10 @@ fn packet_socket_frames_to_a_protected_target_are_dropped() {
     let cg = TestCgroup::new();
     let unit = cg.unit("packet");
     let port = free_port();
-    let agent = Agent::start(
-        &cg.slice,
-        &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY),
-        AgentOpts {
-            exec_prefix: [
-                "unshare",
-                "--net",
-                "sh",
-                "-c",
-                "ip link set lo up && sysctl -qw net.ipv4.conf.lo.route_localnet=1 && exec \"$@\"",
-                "own-netns",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            ..Default::default()
-        },
+    let agent = agent_in_own_netns(
+        &cg,
+        port,
+        "ip link set lo up && sysctl -qw net.ipv4.conf.lo.route_localnet=1",
     );
     let agent_pid = agent.child.as_ref().expect("agent runs").id();
     let netns = format!("/proc/{agent_pid}/ns/net");
@@ -721,24 +708,7 @@ fn an_interface_created_after_start_is_guarded() {
     }
     let cg = TestCgroup::new();
     let port = free_port();
-    let agent = Agent::start(
-        &cg.slice,
-        &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY),
-        AgentOpts {
-            exec_prefix: [
-                "unshare",
-                "--net",
-                "sh",
-                "-c",
-                "ip link set lo up && exec \"$@\"",
-                "own-netns",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            ..Default::default()
-        },
-    );
+    let agent = agent_in_own_netns(&cg, port, "ip link set lo up");
     let agent_pid = agent.child.as_ref().expect("agent runs").id();
     let netns = format!("--net=/proc/{agent_pid}/ns/net");
     let out = Command::new("nsenter")
@@ -774,4 +744,24 @@ fn an_interface_created_after_start_is_guarded() {
             .is_some_and(|i| i.starts_with("pcveth")),
         "{guarded:#}"
     );
+}
+
+/// The agent protecting 127.0.0.1:`port`, started in a network namespace of its
+/// own after the shell commands `setup` ran there.
+fn agent_in_own_netns(cg: &TestCgroup, port: u16, setup: &str) -> Agent {
+    Agent::start(
+        &cg.slice,
+        &policy(&["127.0.0.1"], &[port], ALLOW_PY, RULE_PY),
+        AgentOpts {
+            exec_prefix: vec![
+                "unshare".into(),
+                "--net".into(),
+                "sh".into(),
+                "-c".into(),
+                format!("{setup} && exec \"$@\""),
+                "own-netns".into(),
+            ],
+            ..Default::default()
+        },
+    )
 }
