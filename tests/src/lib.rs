@@ -278,6 +278,12 @@ pub fn client(cg: &Path, args: &[&str]) -> Value {
         .stdin(Stdio::null())
         .output()
         .expect("run python client");
+    last_json_line(&out, &format!("client {args:?}"))
+}
+
+/// The last line of `out`'s stdout that is a JSON object (what the test clients
+/// print as their result); panics naming `what`, with both outputs, if none.
+pub fn last_json_line(out: &std::process::Output, what: &str) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
@@ -285,12 +291,13 @@ pub fn client(cg: &Path, args: &[&str]) -> Value {
         .find(|l| l.starts_with('{'))
         .unwrap_or_else(|| {
             panic!(
-                "client {args:?} printed no JSON (status {:?}); stdout: {stdout}; stderr: {}",
+                "{what} printed no JSON (status {:?}); stdout: {stdout}; stderr: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-    serde_json::from_str(line).expect("client JSON")
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("{what}: its JSON line does not parse: {e}"))
 }
 
 /// How the test server answers.

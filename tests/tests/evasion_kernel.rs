@@ -86,19 +86,7 @@ print(json.dumps(res), flush=True)
 "#;
 
 fn json_line(out: &std::process::Output, what: &str) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "{what} printed no JSON (status {:?}); stdout: {stdout}; stderr: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    serde_json::from_str(line).expect("JSON line")
+    portcullis_tests::last_json_line(out, what)
 }
 
 /// Runs ATTACK_PY in cgroup `cg` as nobody with CAP_NET_RAW as its only capability.

@@ -1493,17 +1493,7 @@ impl Session<'_> {
         }
         m.insert("mode".into(), json!(s.decision.mode));
         m.insert("policy_hash".into(), s.policy_hash.to_string().into());
-        m.insert("outcome".into(), outcome.into());
-        if let Some(r) = rows {
-            m.insert("rows".into(), r.into());
-        }
-        if let Some(d) = duration {
-            m.insert("duration_us".into(), (d.as_micros() as u64).into());
-        }
-        if let Some(e) = err {
-            m.insert("sqlstate".into(), e.sqlstate.clone().into());
-            m.insert("error".into(), e.message.clone().into());
-        }
+        outcome_fields(&mut m, outcome, rows, duration, err);
         if let Err(e) = self.ctx.shared.audit.record("statement", Value::Object(m)) {
             tracing::error!(error = %e, session = %self.ctx.session_id, "statement audit record lost");
             return false;
@@ -1548,19 +1538,7 @@ impl Session<'_> {
         }
         m.insert("decision".into(), s.decision.label().into());
         m.insert("rule".into(), s.decision.rule.clone().into());
-        m.insert("outcome".into(), outcome.into());
-        if let Some(r) = rows {
-            m.insert("rows".into(), r.into());
-        }
-        if let Some(d) = duration {
-            m.insert("duration_us".into(), (d.as_micros() as u64).into());
-        }
-        if let Some(e) = err {
-            if !e.sqlstate.is_empty() {
-                m.insert("sqlstate".into(), e.sqlstate.clone().into());
-            }
-            m.insert("error".into(), e.message.clone().into());
-        }
+        outcome_fields(&mut m, outcome, rows, duration, err);
         if let Err(e) = self
             .ctx
             .shared
@@ -2470,5 +2448,29 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// How a statement ended, in its audit record: `outcome`, and `rows`,
+/// `duration_us`, `sqlstate` and `error` where known.
+fn outcome_fields(
+    m: &mut Map<String, Value>,
+    outcome: &str,
+    rows: Option<u64>,
+    duration: Option<Duration>,
+    err: Option<&codec::Notice>,
+) {
+    m.insert("outcome".into(), outcome.into());
+    if let Some(r) = rows {
+        m.insert("rows".into(), r.into());
+    }
+    if let Some(d) = duration {
+        m.insert("duration_us".into(), (d.as_micros() as u64).into());
+    }
+    if let Some(e) = err {
+        if !e.sqlstate.is_empty() {
+            m.insert("sqlstate".into(), e.sqlstate.clone().into());
+        }
+        m.insert("error".into(), e.message.clone().into());
     }
 }
