@@ -12,6 +12,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, Tokenizer};
 
+use super::recognise;
 use crate::policy::StatementFacts;
 use crate::policy::catalog::is_catalog_function;
 use crate::policy::grants::{self, On, Privilege};
@@ -24,6 +25,10 @@ pub struct Analysis {
     pub statements: Vec<std::sync::Arc<StatementInfo>>,
     /// Some: the text did not parse (statements then empty).
     pub error: Option<String>,
+    /// The construct of the statement the agent could not analyse (`ALTER
+    /// TYPE`, `MOVE`), where one statement is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanalysed: Option<String>,
 }
 
 /// One statement.
@@ -358,7 +363,7 @@ fn table_name(n: &ObjectName) -> String {
     full
 }
 
-fn push_unique(v: &mut Vec<String>, s: String) {
+pub(super) fn push_unique(v: &mut Vec<String>, s: String) {
     if !v.contains(&s) {
         v.push(s);
     }
@@ -778,6 +783,7 @@ impl Collector {
             Statement::CreateSequence { name, .. } | Statement::CreateType { name, .. } => {
                 self.privilege(K::Create, table_name(name))
             }
+            Statement::CreateDomain(d) => self.privilege(K::Create, table_name(&d.name)),
             Statement::DropFunction(d) => {
                 for f in &d.func_desc {
                     self.privilege(K::Drop, table_name(&f.name));
@@ -1510,7 +1516,7 @@ fn finish(mut info: StatementInfo, mut c: Collector) -> StatementInfo {
 ///   `do`, `set`, `begin`, ...) is a privilege of its own, besides its objects.
 ///
 /// The result is never empty: every statement has a kind.
-fn complete_privileges(facts: &mut StatementFacts, ps: Vec<Privilege>) {
+pub(super) fn complete_privileges(facts: &mut StatementFacts, ps: Vec<Privilege>) {
     // The statement's own kinds come first: a decision names the rule granting
     // the first privilege.
     let mut own = Vec::new();
@@ -1699,6 +1705,7 @@ pub fn analyze_text(sql: &str) -> Analysis {
                 return Analysis {
                     statements: Vec::new(),
                     error: Some(e.to_string()),
+                    unanalysed: None,
                 };
             }
         };
@@ -1709,6 +1716,7 @@ pub fn analyze_text(sql: &str) -> Analysis {
                 error: Some(format!(
                     "an expression chain of more than {MAX_CHAIN} tokens (the agent refuses it rather than recurse that deep)"
                 )),
+                unanalysed: None,
             };
         }
         let need = RED_ZONE + chain * STACK_PER_CHAIN_TOKEN;
@@ -1719,22 +1727,33 @@ pub fn analyze_text(sql: &str) -> Analysis {
         Err(_) => Analysis {
             statements: Vec::new(),
             error: Some("the SQL analyser failed on this text".into()),
+            unanalysed: None,
         },
     }
 }
 
+/// sqlparser's parse of `sql` (whose tokens are `tokens`), with empty target
+/// lists read as the server reads them (see [`recognise::parse_filled`]).
+fn parse(sql: &str, tokens: &[Token]) -> Result<Vec<Statement>, sqlparser::parser::ParserError> {
+    if recognise::has_empty_target(tokens) {
+        recognise::parse_filled(sql)
+    } else {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql)
+    }
+}
+
 fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
-    let dialect = PostgreSqlDialect {};
     if let Err(e) = guard(&tokens) {
         return Analysis {
             statements: Vec::new(),
             error: Some(e),
+            unanalysed: None,
         };
     }
     // sqlparser reads whatever follows `COPY ... FROM STDIN;` as the COPY's inline
     // data, while the server runs it as further statements: such texts are split
     // at semicolons by the agent and parsed statement by statement.
-    let whole = Parser::parse_sql(&dialect, sql).and_then(|stmts| {
+    let whole = parse(sql, &tokens).and_then(|stmts| {
         if stmts.iter().any(|s| {
             matches!(
                 s,
@@ -1777,8 +1796,9 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
                 .map(|s| std::sync::Arc::new(statement_info(s)))
                 .collect(),
             error: None,
+            unanalysed: None,
         },
-        Err(whole) => {
+        Err(_) => {
             // Statements sqlparser does not know (DO, CREATE RULE, ABORT, ...): split
             // the text at top-level semicolons and recognise them one by one.
             let pieces = match split_statements(sql) {
@@ -1787,6 +1807,7 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
                     return Analysis {
                         statements: Vec::new(),
                         error: Some(e),
+                        unanalysed: None,
                     };
                 }
             };
@@ -1795,20 +1816,25 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
                 // The terminating semicolon (which the split removed) is what
                 // sqlparser needs after `COPY ... FROM STDIN`.
                 // A newline first: the piece may end in a line comment.
-                match Parser::parse_sql(&dialect, &format!("{}\n;", p.text)) {
+                match parse(&format!("{}\n;", p.text), &p.tokens) {
                     Ok(stmts) if uncertain(&stmts).is_some() => {
                         return Analysis {
                             statements: Vec::new(),
                             error: uncertain(&stmts),
+                            unanalysed: Some(recognise::construct(&p.tokens)),
                         };
                     }
                     Ok(stmts) => out.extend(stmts.iter().map(statement_info)),
-                    Err(_) => match fallback(&p) {
+                    Err(e) => match fallback(&p) {
                         Some(info) => out.push(info),
                         None => {
+                            let construct = recognise::construct(&p.tokens);
                             return Analysis {
                                 statements: Vec::new(),
-                                error: Some(whole.to_string()),
+                                error: Some(format!(
+                                    "the agent cannot analyse this `{construct}` statement ({e}); the target's `defaults.unparseable: allow` lets statements it cannot analyse through unchecked"
+                                )),
+                                unanalysed: Some(construct),
                             };
                         }
                     },
@@ -1817,6 +1843,7 @@ fn analyze_inner(sql: &str, tokens: Vec<Token>) -> Analysis {
             Analysis {
                 statements: out.into_iter().map(std::sync::Arc::new).collect(),
                 error: None,
+                unanalysed: None,
             }
         }
     }
@@ -1843,10 +1870,33 @@ fn uncertain(stmts: &[Statement]) -> Option<String> {
     found
 }
 
-struct Piece {
-    text: String,
+pub(super) struct Piece {
+    pub(super) text: String,
     /// Significant tokens (no whitespace or comments).
-    tokens: Vec<Token>,
+    pub(super) tokens: Vec<Token>,
+}
+
+/// Byte offsets of the starts of the lines of `sql`.
+pub(super) fn line_starts(sql: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+/// The byte offset in `sql` of a tokenizer location (lines and columns count
+/// from 1, columns in characters); `lines` from [`line_starts`].
+pub(super) fn byte_offset(sql: &str, lines: &[usize], loc: Location) -> Result<usize, String> {
+    let bad = || format!("the SQL text could not be split at {loc}");
+    let start = *lines
+        .get((loc.line as usize).checked_sub(1).ok_or_else(bad)?)
+        .ok_or_else(bad)?;
+    let line = sql.get(start..).ok_or_else(bad)?;
+    let col = (loc.column as usize).checked_sub(1).ok_or_else(bad)?;
+    match line.char_indices().nth(col) {
+        Some((i, _)) => Ok(start + i),
+        None if line.chars().count() == col => Ok(start + line.len()),
+        None => Err(bad()),
+    }
 }
 
 /// Splits `sql` at top-level semicolons. Each piece's text is the original text
@@ -1860,24 +1910,9 @@ fn split_statements(sql: &str) -> Result<Vec<Piece>, String> {
     let spanned = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| e.to_string())?;
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    // Byte offset of a token's start (lines and columns count from 1, columns in
-    // characters).
-    let offset = |loc: Location| -> Result<usize, String> {
-        let bad = || format!("the SQL text could not be split at {loc}");
-        let start = *line_starts
-            .get((loc.line as usize).checked_sub(1).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        let line = sql.get(start..).ok_or_else(bad)?;
-        let col = (loc.column as usize).checked_sub(1).ok_or_else(bad)?;
-        match line.char_indices().nth(col) {
-            Some((i, _)) => Ok(start + i),
-            None if line.chars().count() == col => Ok(start + line.len()),
-            None => Err(bad()),
-        }
-    };
+    let lines = line_starts(sql);
+    // Byte offset of a token's start.
+    let offset = |loc: Location| byte_offset(sql, &lines, loc);
     let mut out = Vec::new();
     let mut sig: Vec<Token> = Vec::new();
     let mut from: Option<usize> = None;
@@ -1927,7 +1962,7 @@ fn split_statements(sql: &str) -> Result<Vec<Piece>, String> {
     Ok(out)
 }
 
-fn word(t: Option<&Token>) -> Option<String> {
+pub(super) fn word(t: Option<&Token>) -> Option<String> {
     match t {
         Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
         _ => None,
@@ -1937,7 +1972,7 @@ fn word(t: Option<&Token>) -> Option<String> {
 /// Statements sqlparser does not parse, recognised by their leading keywords,
 /// with the privileges they exercise.
 fn fallback(p: &Piece) -> Option<StatementInfo> {
-    let mut info = fallback_facts(p)?;
+    let mut info = recognise::recognise(p).or_else(|| fallback_facts(p))?;
     if info.facts.privileges.is_empty() {
         complete_privileges(&mut info.facts, Vec::new());
     }
@@ -2080,7 +2115,7 @@ fn vacuum(t: &[Token]) -> Option<StatementInfo> {
 /// pgbench sends): options only shape the data format, so the statement is
 /// analysed without them. A `WHERE` clause (an expression, which could call
 /// functions) is never dropped: such a text stays unparsed.
-fn copy_without_options(t: &[Token]) -> Option<StatementInfo> {
+pub(super) fn copy_without_options(t: &[Token]) -> Option<StatementInfo> {
     let mut depth = 0i32;
     let mut end = None;
     for (i, tok) in t.iter().enumerate() {
@@ -2165,7 +2200,7 @@ fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
         .and_then(|r| r.strip_suffix(')'))
         .unwrap_or(rest);
     if !rest.eq_ignore_ascii_case("NOTHING") {
-        let stmts = Parser::parse_sql(&PostgreSqlDialect {}, rest).ok()?;
+        let stmts = recognise::parse_filled(rest).ok()?;
         if uncertain(&stmts).is_some() {
             return None;
         }
@@ -2207,7 +2242,7 @@ fn create_rule(t: &[Token], mut i: usize) -> Option<StatementInfo> {
     })
 }
 
-fn fingerprint_tokens(t: &[Token]) -> String {
+pub(super) fn fingerprint_tokens(t: &[Token]) -> String {
     t.iter()
         .map(|x| match x {
             Token::Number(..)
@@ -2248,11 +2283,17 @@ mod copy_option_tests {
                 .iter()
                 .any(|d| d == "copy_program")
         );
-        // A WHERE clause may call functions: never dropped, so never analysed blind.
+        // A WHERE clause may call functions: never dropped, its facts are taken.
         let a = analyze_text(
             "copy t from stdin with (freeze on) where pg_read_file('/etc/passwd') is not null",
         );
-        assert!(a.error.is_some());
+        assert!(a.error.is_none(), "{:?}", a.error);
+        assert!(
+            a.statements[0]
+                .dangerous
+                .iter()
+                .any(|d| d == "pg_read_file")
+        );
     }
 
     #[test]

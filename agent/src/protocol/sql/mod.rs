@@ -17,6 +17,7 @@ mod analyze;
 mod cache;
 pub mod cli;
 mod decide;
+mod recognise;
 mod session;
 
 #[cfg(test)]

@@ -267,6 +267,7 @@ impl SqlSession {
                 analysis: Arc::new(Analysis {
                     statements: vec![Arc::new((**inner).clone())],
                     error: None,
+                    unanalysed: None,
                 }),
             };
             self.prepared.insert(name.clone(), Arc::new(p));

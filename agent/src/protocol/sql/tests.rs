@@ -1126,3 +1126,308 @@ fn tables_reached_by_ddl_comments_and_row_locks_are_named() {
     let f = one("EXPLAIN SELECT * FROM orders FOR UPDATE");
     assert!(f.tables_written.is_empty(), "{f:?}");
 }
+
+// ---- statements sqlparser does not parse, read by the agent's recognisers -----------------
+
+fn privileges(f: &StatementFacts) -> Vec<String> {
+    f.privileges.iter().map(|p| p.to_string()).collect()
+}
+
+fn refused(sql: &str) -> String {
+    let a = Analyzer::new(0).analyze(sql);
+    a.error
+        .clone()
+        .unwrap_or_else(|| panic!("{sql}: expected a refusal, got {:?}", a.statements))
+}
+
+#[test]
+fn move_and_fetch_in_every_direction() {
+    for t in [
+        "MOVE c",
+        "MOVE FORWARD 5 c",
+        "MOVE FORWARD ALL FROM c",
+        "MOVE BACKWARD IN c",
+        "MOVE BACKWARD -2 c",
+        "MOVE NEXT FROM c",
+        "MOVE PRIOR c",
+        "MOVE FIRST IN \"Cur\"",
+        "MOVE LAST c",
+        "MOVE ABSOLUTE -1 c",
+        "MOVE RELATIVE +3 IN c",
+        "MOVE ALL c",
+        "MOVE 10 c",
+        "FETCH c",
+        "FETCH -1 c",
+        "FETCH ALL c",
+        "FETCH PRIOR c",
+        "FETCH ABSOLUTE -1 c",
+        "FETCH FORWARD c",
+    ] {
+        let f = one(t);
+        assert_eq!(f.kinds, vec![K::Other], "{t}");
+        assert!(
+            f.tables_read.is_empty() && f.tables_written.is_empty(),
+            "{t}"
+        );
+        assert_eq!(privileges(&f), vec!["other"], "{t}");
+    }
+    // Nothing may follow the cursor's name; a statement after a semicolon is
+    // decided on its own.
+    for t in [
+        "MOVE FORWARD 5 c DELETE FROM t",
+        "MOVE c d",
+        "MOVE FORWARD x c",
+        "MOVE ABSOLUTE c",
+        "MOVE 1.5 c",
+        "MOVE FROM",
+    ] {
+        let e = refused(t);
+        assert!(
+            e.contains("`MOVE`") && e.contains("defaults.unparseable: allow"),
+            "{t}: {e}"
+        );
+    }
+    let v = raw("MOVE c; DELETE FROM t WHERE id = 1");
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[1].kinds, vec![K::Delete]);
+}
+
+#[test]
+fn alter_type_names_the_type_and_what_cascade_reaches() {
+    let f = one(
+        "ALTER TYPE s.t ADD ATTRIBUTE a varchar(10) COLLATE \"C\", DROP ATTRIBUTE IF EXISTS b, ALTER ATTRIBUTE c SET DATA TYPE numeric(10, 2)",
+    );
+    assert_eq!(f.kinds, vec![K::Alter]);
+    assert_eq!(f.tables_written, s(&["s.t"]));
+    assert_eq!(privileges(&f), vec!["alter on s.t"]);
+    let f = one("alter type \"T\" drop attribute b cascade");
+    assert_eq!(f.tables_written, s(&["T"]));
+    assert_eq!(
+        privileges(&f),
+        vec!["alter on T", "alter on the tables typed by it (CASCADE)"]
+    );
+    assert_eq!(
+        privileges(&one("ALTER TYPE t SET SCHEMA private")),
+        vec!["alter on t", "create on private.*"]
+    );
+    for t in [
+        "ALTER TYPE t RENAME ATTRIBUTE a TO b",
+        "ALTER TYPE t OWNER TO app",
+        "ALTER TYPE t ADD ATTRIBUTE a double precision[]",
+        "ALTER TYPE t ALTER ATTRIBUTE a TYPE timestamp with time zone",
+    ] {
+        assert_eq!(one(t).kinds, vec![K::Alter], "{t}");
+    }
+    // Expressions cannot be written there: anything like one is not read.
+    for t in [
+        "ALTER TYPE t ADD ATTRIBUTE a int DEFAULT 1",
+        "ALTER TYPE t ADD ATTRIBUTE a int CHECK (f(1) > 0)",
+        "ALTER TYPE t ADD ATTRIBUTE a text COLLATE 'x'",
+        "ALTER TYPE t SET (storage = extended)",
+        "ALTER TYPE t ADD ATTRIBUTE a int,",
+    ] {
+        assert!(refused(t).contains("`ALTER TYPE`"), "{t}");
+    }
+}
+
+#[test]
+fn create_and_alter_domain_take_the_facts_of_their_expressions() {
+    let f = one("CREATE DOMAIN d int NOT NULL");
+    assert_eq!(f.kinds, vec![K::Create]);
+    assert_eq!(privileges(&f), vec!["create on d"]);
+    let f = one(
+        "create domain s.d as int constraint nn not null default public.next_id() check (pg_read_file('/etc/passwd') is not null) null",
+    );
+    assert_eq!(privileges(&f)[0], "create on s.d");
+    assert!(f.functions.contains(&"public.next_id".to_string()), "{f:?}");
+    assert!(f.functions.contains(&"pg_read_file".to_string()), "{f:?}");
+    assert!(
+        info("CREATE DOMAIN d AS text NOT NULL CHECK (length(pg_read_file('x')) > 0)")
+            .dangerous
+            .contains(&"pg_read_file".to_string())
+    );
+    // A subquery in a DEFAULT is read (the server refuses it, the agent reports it).
+    let f = one("CREATE DOMAIN d int NOT NULL DEFAULT (SELECT max(id) FROM private.accounts)");
+    assert!(
+        f.tables_read.contains(&"private.accounts".to_string()),
+        "{f:?}"
+    );
+    for t in [
+        "CREATE DOMAIN d AS int NOT NULL DEFAULT 1 DEFAULT 2",
+        "CREATE DOMAIN d AS int NOT NULL CHECK",
+        "CREATE DOMAIN d AS int NOT NULL UNIQUE",
+        "CREATE DOMAIN d AS int NOT NULL CHECK (a) NO INHERIT",
+    ] {
+        assert!(refused(t).contains("`CREATE DOMAIN`"), "{t}");
+    }
+
+    let scans = "select on the columns of every table that uses the domain (checked against the constraint)";
+    let f = one("ALTER DOMAIN d ADD CONSTRAINT c CHECK (VALUE > public.lim())");
+    assert_eq!(f.kinds, vec![K::Alter]);
+    assert_eq!(f.tables_written, s(&["d"]));
+    assert!(privileges(&f).contains(&scans.to_string()), "{f:?}");
+    assert!(f.functions.contains(&"public.lim".to_string()), "{f:?}");
+    let f = one("ALTER DOMAIN d ADD CHECK (VALUE > 0) NOT VALID");
+    assert!(!privileges(&f).contains(&scans.to_string()), "{f:?}");
+    assert!(privileges(&one("ALTER DOMAIN d SET NOT NULL")).contains(&scans.to_string()));
+    assert!(privileges(&one("ALTER DOMAIN d VALIDATE CONSTRAINT c")).contains(&scans.to_string()));
+    assert!(
+        one("ALTER DOMAIN d SET DEFAULT pg_read_file('x')")
+            .functions
+            .contains(&"pg_read_file".to_string())
+    );
+    for t in [
+        "ALTER DOMAIN d DROP DEFAULT",
+        "ALTER DOMAIN d DROP NOT NULL",
+        "ALTER DOMAIN d DROP CONSTRAINT IF EXISTS c CASCADE",
+        "ALTER DOMAIN d RENAME CONSTRAINT a TO b",
+        "ALTER DOMAIN d RENAME TO e",
+        "ALTER DOMAIN d OWNER TO app",
+        "ALTER DOMAIN d SET SCHEMA private",
+    ] {
+        assert_eq!(one(t).kinds, vec![K::Alter], "{t}");
+    }
+    for t in [
+        "ALTER DOMAIN d SET DEFAULT 1 2",
+        "ALTER DOMAIN d ADD CHECK (VALUE > 0) extra",
+        "ALTER DOMAIN d SET DEFAULT set_config('search_path', 'private', false)",
+    ] {
+        assert!(refused(t).contains("`ALTER DOMAIN`"), "{t}");
+    }
+}
+
+#[test]
+fn copy_where_takes_the_facts_of_its_condition() {
+    let i = info(
+        "COPY orders FROM STDIN (FORMAT binary) WHERE pg_read_file('/etc/passwd') IS NOT NULL",
+    );
+    assert_eq!(i.facts.kinds, vec![K::Copy]);
+    assert_eq!(i.facts.tables_written, s(&["orders"]));
+    assert!(i.dangerous.contains(&"pg_read_file".to_string()), "{i:?}");
+    assert!(
+        privileges(&i.facts).contains(&"execute pg_catalog.pg_read_file".to_string()),
+        "{i:?}"
+    );
+    let f = one(
+        "copy t (a, b) from stdin with (format csv, freeze on) where a in (select id from private.accounts)",
+    );
+    assert!(
+        f.tables_read.contains(&"private.accounts".to_string()),
+        "{f:?}"
+    );
+    assert!(
+        info("COPY t FROM PROGRAM 'id' WHERE a > 1")
+            .dangerous
+            .contains(&"copy_program".to_string())
+    );
+    for t in [
+        "COPY t TO STDOUT WHERE a > 1",
+        "COPY t FROM STDIN WHERE",
+        "COPY t FROM STDIN WHERE a > 1 WHERE b",
+        "COPY t FROM STDIN WHERE a > 1 b",
+    ] {
+        assert!(refused(t).contains("`COPY`"), "{t}");
+    }
+}
+
+#[test]
+fn create_role_with_the_options_of_the_server_grammar() {
+    let f = one(
+        "CREATE USER \"we\"\"ird; DROP TABLE t; --\" WITH PASSWORD 'a'';DELETE FROM t;--' IN ROLE admin, \"Ops\" CONNECTION LIMIT -1",
+    );
+    assert_eq!(f.kinds, vec![K::Create]);
+    assert_eq!(
+        privileges(&f),
+        vec![
+            "create on role we\"ird; DROP TABLE t; --",
+            "grant on membership in role admin",
+            "grant on membership in role Ops"
+        ]
+    );
+    for t in [
+        "CREATE USER u PASSWORD 'x'",
+        "CREATE USER u ENCRYPTED PASSWORD 'x' VALID UNTIL 'infinity' SUPERUSER",
+        "CREATE ROLE u PASSWORD NULL NOLOGIN SYSID 7",
+        "CREATE GROUP g USER a, b",
+        "create role r admin a role b",
+    ] {
+        assert_eq!(one(t).kinds, vec![K::Create], "{t}");
+    }
+    for t in [
+        "CREATE USER u \"v\" PASSWORD 'x'",
+        "CREATE USER u WITH \"SUPERUSER\" PASSWORD 'x'",
+        "CREATE USER u PASSWORD 'x' DELETE",
+        "CREATE USER u PASSWORD x",
+        "CREATE USER s.u PASSWORD 'x'",
+    ] {
+        assert!(refused(t).contains("`CREATE USER`"), "{t}");
+    }
+}
+
+#[test]
+fn empty_target_lists_are_read_as_the_server_reads_them() {
+    assert_eq!(one("SELECT").kinds, vec![K::Select]);
+    assert_eq!(raw("SELECT; SELECT;").len(), 2);
+    let i = info("SELECT WHERE pg_read_file('/etc/passwd') IS NOT NULL");
+    assert!(i.dangerous.contains(&"pg_read_file".to_string()));
+    // The fingerprint is the text as written, with no placeholder target.
+    assert_eq!(i.fingerprint, "SELECT WHERE pg_read_file(?) IS NOT NULL");
+    // `SELECT INTO t FROM u` creates t (sqlparser alone reads a column `into`).
+    let f = one("SELECT INTO private.stolen FROM accounts");
+    assert!(f.kinds.contains(&K::Create), "{f:?}");
+    assert_eq!(f.tables_written, s(&["private.stolen"]));
+    let f = one("select all into temp x from t where a > 1");
+    assert_eq!(f.tables_written, s(&["x"]));
+    for t in [
+        "SELECT GROUP BY 1",
+        "SELECT HAVING true",
+        "SELECT ORDER BY 1",
+        "SELECT LIMIT 1",
+        "SELECT OFFSET 1",
+        "SELECT UNION SELECT",
+        "SELECT a FROM t WHERE EXISTS (SELECT WHERE t.a = 1)",
+        "WITH x AS (SELECT) SELECT",
+        "DECLARE c CURSOR FOR SELECT",
+    ] {
+        assert!(!raw(t).is_empty(), "{t}");
+    }
+    // SELECT as a privilege is not a query.
+    let f = one("GRANT SELECT ON t TO u");
+    assert_eq!(f.kinds, vec![K::Grant]);
+}
+
+#[test]
+fn ddl_scripts_mixing_recognised_statements_are_decided_statement_by_statement() {
+    let v = raw(
+        "CREATE TYPE ct AS (a int); ALTER TYPE ct ADD ATTRIBUTE b text; CREATE DOMAIN d int NOT NULL; \
+         ALTER DOMAIN d SET DEFAULT 0; CREATE USER u PASSWORD 'p'; SELECT; MOVE c; DELETE FROM accounts WHERE id = 1",
+    );
+    let kinds: Vec<K> = v.iter().map(|f| f.kinds[0]).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            K::Create,
+            K::Alter,
+            K::Create,
+            K::Alter,
+            K::Create,
+            K::Select,
+            K::Other,
+            K::Delete
+        ]
+    );
+    // One statement the agent cannot read refuses the whole text, naming it.
+    let e = refused("CREATE DOMAIN d int NOT NULL; ALTER TYPE t SET (storage = plain); SELECT 1");
+    assert!(
+        e.contains("cannot analyse this `ALTER TYPE` statement")
+            && e.contains("`defaults.unparseable: allow`"),
+        "{e}"
+    );
+    assert_eq!(
+        Analyzer::new(0)
+            .analyze("ALTER TYPE t SET (storage = plain)")
+            .unanalysed
+            .as_deref(),
+        Some("ALTER TYPE")
+    );
+}
