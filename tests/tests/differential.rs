@@ -981,6 +981,17 @@ const TEMPLATES: &[&str] = &[
     "SELECT OVERLAY({s} PLACING 'x' FROM 1 FOR 1), POSITION('a' IN {s}), SUBSTRING({s} FROM 1 FOR 2), TRIM(BOTH FROM {s})",
     "SELECT EXTRACT(YEAR FROM now()), now() AT TIME ZONE 'UTC', INTERVAL '1 day', DATE '2026-01-01'",
     "SELECT xmlelement(name x, {s})",
+    // Statements sqlparser does not parse, read by the agent's recognisers.
+    "DECLARE c2 CURSOR FOR SELECT * FROM {a}; MOVE FORWARD 1 IN c2; MOVE ALL FROM c2; FETCH BACKWARD 1 FROM c2; MOVE ABSOLUTE -1 c2; FETCH PRIOR c2; FETCH -1 c2; CLOSE c2",
+    "CREATE TYPE ct AS (a int, b text); ALTER TYPE ct ADD ATTRIBUTE c int, DROP ATTRIBUTE b, ALTER ATTRIBUTE a SET DATA TYPE bigint; ALTER TYPE ct RENAME ATTRIBUTE c TO d",
+    "CREATE DOMAIN dd int NOT NULL CHECK (VALUE > {n}); ALTER DOMAIN dd DROP NOT NULL; ALTER DOMAIN dd ADD CONSTRAINT dd_c CHECK (VALUE < 100) NOT VALID",
+    "CREATE DOMAIN dd2 AS text CONSTRAINT nn NOT NULL DEFAULT {s}; ALTER DOMAIN dd2 SET DEFAULT {s}",
+    "COPY audit FROM STDIN (FORMAT csv) WHERE id > {n}",
+    "CREATE USER \"u;{i}\" PASSWORD {s}",
+    "SELECT; SELECT FROM {o} WHERE id = {n}",
+    "SELECT WHERE {n} = 1",
+    "SELECT INTO TEMP t_empty FROM {o}",
+    "SELECT UNION SELECT",
 ];
 
 /// Texts built to be split differently by a lexer that is not PostgreSQL's;
