@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod pgtools;
 mod setup;
+mod sql_coverage;
 mod util;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ commands:
                    pgbench -S: direct vs pgbouncer vs the agent (root)
   fuzz [--secs N] [TARGET ...]
                    the cargo-fuzz targets in fuzz/ (default: all, 300 s each; docs/fuzzing.md)
+  sql-coverage [--top N] [--json] [--no-regress] [FILES...]
+                   how much of PostgreSQL's regression SQL, tests/corpus/driver-statements.txt
+                   and FILES the agent analyses (a report; fetches the regression SQL once)
   install          build release and install binary, unit file and config (as root)
   sweep            remove pins and cgroups left by crashed test runs";
 
@@ -63,6 +67,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             name => bench::bench(name),
         },
         "fuzz" => fuzz::fuzz(rest),
+        "sql-coverage" => sql_coverage::sql_coverage(rest),
         "install" => install(),
         "sweep" => {
             util::sweep_test_leftovers();

@@ -18,6 +18,10 @@ pub enum SqlCommand {
     /// boundaries, kinds, tables and functions, or why it refuses the text.
     /// Exit status 1 when the text (any line, with --lines) is refused.
     Analyze(AnalyzeArgs),
+    /// Of the statements in SQL files (psql scripts, or one statement per line),
+    /// how many the agent analyses and how many it refuses whatever the policy
+    /// says, with the constructs it cannot analyse grouped by leading keywords.
+    Coverage(super::coverage::CoverageArgs),
 }
 
 #[derive(clap::Args)]
@@ -148,7 +152,10 @@ pub fn run(command: SqlCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn analyze(command: SqlCommand) -> anyhow::Result<ExitCode> {
-    let SqlCommand::Analyze(args) = command;
+    let args = match command {
+        SqlCommand::Analyze(args) => args,
+        SqlCommand::Coverage(args) => return super::coverage::run(args),
+    };
     let analyzer = Analyzer::new(args.cache);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -16,8 +16,10 @@
 mod analyze;
 mod cache;
 pub mod cli;
+mod coverage;
 mod decide;
 mod recognise;
+mod script;
 mod session;
 
 #[cfg(test)]
