@@ -1233,3 +1233,59 @@ print(repr(query(s, "SELECT 'third'")), flush=True)
     drop(agent);
     drop(pg);
 }
+
+#[test]
+fn the_client_sees_the_servers_pid_and_cancel_and_terminate_use_it() {
+    let Some(w) = world(
+        "the_client_sees_the_servers_pid_and_cancel_and_terminate_use_it",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", ""),
+        "",
+    ) else {
+        return;
+    };
+    let r = w.pg.psycopg_client(
+        &w.unit,
+        "app",
+        &json!([
+            {"backend_pid": true},
+            {"listen_notify": "portcullis_events", "payload": "hello"},
+            {"cancel": "SELECT pg_sleep(30)"},
+            {"backend_pid": true},
+            {"terminate_self": true}
+        ]),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    let s = &r["steps"];
+    // BackendKeyData carried the server's own pid: what the server says it is,
+    // and what its notifications carry.
+    let pid = s[0]["backend_pid"].as_i64().expect("backend_pid");
+    assert_eq!(s[0]["pg_backend_pid"], pid, "{r:#}");
+    assert_eq!(s[1]["channel"], "portcullis_events", "{r:#}");
+    assert_eq!(s[1]["payload"], "hello", "{r:#}");
+    assert_eq!(s[1]["pid"], pid, "NotificationResponse pid: {r:#}");
+    // The cancel (server pid, agent secret) reached that backend.
+    assert_eq!(s[2]["cancelled"], true, "{r:#}");
+    assert_eq!(s[2]["backend_pid"], pid, "{r:#}");
+    assert_eq!(s[3]["pg_backend_pid"], pid, "same session after the cancel");
+    // pg_terminate_backend of that pid from another session ends this one.
+    assert_eq!(s[4]["terminated"], true, "{r:#}");
+    assert_eq!(s[4]["backend_pid"], pid, "{r:#}");
+    assert_eq!(s[4]["closed"], true, "{r:#}");
+    assert_eq!(
+        w.pg.superuser_sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        )),
+        "0",
+        "the terminated backend is gone"
+    );
+    let cancels = events(&w, "statement_cancel");
+    assert!(
+        cancels.iter().any(|c| c["error"].is_null()),
+        "the cancel was forwarded: {cancels:#?}"
+    );
+    // The client never saw the server's secret: BackendKeyData is rewritten,
+    // and no record holds a key.
+    let log = std::fs::read_to_string(w.agent.audit_path()).unwrap_or_default();
+    assert!(!log.contains("\"secret\""), "a cancel key reached the log");
+}

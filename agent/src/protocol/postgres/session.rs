@@ -206,7 +206,9 @@ pub async fn serve(mut ctx: Ctx, client: TcpStream) -> Summary {
         }
     };
     let res = relay(&mut ctx, client, upstream, &mut sum).await;
-    ctx.shared.pg.cancels.remove(keys.0, keys.1);
+    if let Some(k) = keys {
+        ctx.shared.pg.cancels.remove(k);
+    }
     if let Err(e) = res {
         if sum.end == "closed" {
             sum.end = "error";
@@ -246,7 +248,8 @@ fn finish(mut ctx: Ctx, mut sum: Summary) -> Summary {
     sum
 }
 
-type Started = (Stream, Stream, (i32, i32));
+/// Client, upstream, and the cancel keys registered for the session.
+type Started = (Stream, Stream, Option<cancel::ClientKeys>);
 
 /// Startup: TLS negotiation, cancel requests, upstream connection and login,
 /// until the server's first ReadyForQuery has been passed to the client.
@@ -685,7 +688,11 @@ async fn startup(
         }
     }
     // Parameters, key data, first ReadyForQuery.
-    let mut keys = (0, 0);
+    // Removed again if the startup fails after the server sent its keys.
+    let mut keys = Registered {
+        shared: ctx.shared.clone(),
+        keys: None,
+    };
     loop {
         let f = match next_frame(&mut upstream, &mut ubuf, max).await {
             Ok(f) => f,
@@ -705,14 +712,27 @@ async fn startup(
                         Some(client),
                     ));
                 };
-                keys = ctx.shared.pg.cancels.register(cancel::Upstream {
+                if let Some(k) = keys.keys.take() {
+                    // A second BackendKeyData replaces the first.
+                    ctx.shared.pg.cancels.remove(k);
+                }
+                keys.keys = ctx.shared.pg.cancels.register(cancel::Upstream {
                     addr: ctx.dst,
                     pid,
                     secret,
                     session_id: ctx.session_id.clone(),
                     target: ctx.target.name.clone(),
                 });
-                codec::backend_key_data(&mut out, keys.0, keys.1);
+                // The server's pid as it is; the secret is the agent's (with no
+                // random secret to be had, one that no cancel request can use).
+                let client_secret = match keys.keys {
+                    Some(k) => k.secret,
+                    None => {
+                        tracing::warn!(session = %ctx.session_id, "no cancel key could be drawn; cancel requests of this session will be ignored");
+                        0
+                    }
+                };
+                codec::backend_key_data(&mut out, pid, client_secret);
             }
             b'Z' => {
                 f.encode(&mut out);
@@ -792,7 +812,21 @@ async fn startup(
             Some(client),
         ));
     }
-    Ok(Some((client, upstream, keys)))
+    Ok(Some((client, upstream, keys.keys.take())))
+}
+
+/// Cancel keys registered during a startup, removed if the startup fails.
+struct Registered {
+    shared: Arc<Shared>,
+    keys: Option<cancel::ClientKeys>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(k) = self.keys.take() {
+            self.shared.pg.cancels.remove(k);
+        }
+    }
 }
 
 /// The agent's own query after login, before the client is told it is ready.
@@ -894,10 +928,18 @@ async fn upstream_tls(ctx: &Ctx, mut tcp: TcpStream) -> Result<Stream, String> {
     Ok(Stream::Client(Box::new(s)))
 }
 
-/// A CancelRequest with keys the agent handed out: forwarded with the server's keys.
+/// A CancelRequest with keys the agent handed out, sent to the target whose
+/// session they belong to: forwarded to that server with the server's own keys.
+/// Any other is ignored, as the server ignores keys it does not know.
 async fn cancel(ctx: &Ctx, pid: i32, secret: i32, sum: &mut Summary) {
     sum.end = "cancel";
-    let Some(up) = ctx.shared.pg.cancels.lookup(pid, secret) else {
+    let Some(up) = ctx
+        .shared
+        .pg
+        .cancels
+        .lookup(pid, secret)
+        .filter(|u| u.target == ctx.target.name)
+    else {
         sum.error = Some("cancel request with unknown keys (ignored, as the server does)".into());
         return;
     };
