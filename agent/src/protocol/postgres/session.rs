@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 
 use super::auth::{self, Scram};
 use super::cancel;
-use super::codec::{self, CodecError, Frame, Front, Startup};
+use super::codec::{self, CodecError, Frame, Front};
+use super::opening::Opening;
 use super::stream::Stream;
 use crate::identity::Attribution;
 use crate::policy::spec::{ClientTls, UpstreamTls};
@@ -261,108 +262,34 @@ async fn startup(
 ) -> Result<Option<Started>, (Fail, Option<Stream>)> {
     let pg = &ctx.shared.pg;
     let tls_mode = ctx.target.tls.client;
-    let mut client = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(8192);
     // The startup packet, after at most one TLS negotiation.
-    let params = loop {
-        let pkt = loop {
-            match codec::try_startup(&mut buf) {
-                Ok(Some(p)) => break p,
-                Ok(None) => {}
-                Err(e) => {
-                    return Err((
-                        Fail::new("08P01", "protocol_error", format!("startup packet: {e}")),
-                        Some(client),
-                    ));
-                }
-            }
-            match fill(&mut client, &mut buf).await {
-                Ok(true) => {}
-                Ok(false) => return Err((Fail::io("client closed before its startup"), None)),
-                Err(e) => return Err((Fail::io(e), None)),
-            }
-        };
-        match pkt {
-            Startup::Ssl if !client.is_tls() => {
-                let acceptor = match (&pg.tls_server, tls_mode) {
-                    (Some(cfg), ClientTls::Allow | ClientTls::Require) => Some(cfg.clone()),
-                    _ => None,
-                };
-                let Stream::Plain(tcp) = client else {
-                    return Err((Fail::io("TLS state"), None));
-                };
-                let mut tcp = tcp;
-                match acceptor {
-                    Some(cfg) => {
-                        if let Err(e) = tcp.write_all(b"S").await {
-                            return Err((Fail::io(e), None));
-                        }
-                        if !buf.is_empty() {
-                            // Bytes sent before the handshake would be outside TLS.
-                            return Err((
-                                Fail::new(
-                                    "08P01",
-                                    "protocol_error",
-                                    "data after SSLRequest before the TLS handshake",
-                                ),
-                                None,
-                            ));
-                        }
-                        match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
-                            Ok(s) => client = Stream::Server(Box::new(s)),
-                            Err(e) => {
-                                return Err((
-                                    Fail::new(
-                                        "08006",
-                                        "tls_error",
-                                        format!("TLS handshake with the client: {e}"),
-                                    ),
-                                    None,
-                                ));
-                            }
-                        }
-                        sum.client_tls = true;
-                    }
-                    None => {
-                        if let Err(e) = tcp.write_all(b"N").await {
-                            return Err((Fail::io(e), None));
-                        }
-                        client = Stream::Plain(tcp);
-                    }
-                }
-            }
-            Startup::GssEnc if !client.is_tls() => {
-                // Not offered: clients fall back to TLS or plain.
-                if let Err(e) = client.write_all(b"N").await {
+    let acceptor = super::client_tls(pg, &ctx.target);
+    let (mut client, opening) = match super::opening::read(tcp, &mut buf, acceptor).await {
+        Ok(x) => x,
+        Err(e) => return Err((Fail::new(e.sqlstate, e.end, e.detail), e.client)),
+    };
+    sum.client_tls = client.is_tls();
+    let params = match opening {
+        Opening::Cancel { pid, secret } => {
+            cancel(ctx, pid, secret, sum).await;
+            return Ok(None);
+        }
+        Opening::Params { version, params } => {
+            if version != codec::PROTOCOL_3_0 {
+                // A newer minor version: answer with what we speak.
+                let unknown: Vec<&str> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let mut out = BytesMut::new();
+                negotiate_version(&mut out, &unknown);
+                if let Err(e) = send(&mut client, &mut out).await {
                     return Err((Fail::io(e), None));
                 }
             }
-            Startup::Ssl | Startup::GssEnc => {
-                return Err((
-                    Fail::new("08P01", "protocol_error", "encryption requested twice"),
-                    Some(client),
-                ));
-            }
-            Startup::Cancel { pid, secret } => {
-                cancel(ctx, pid, secret, sum).await;
-                return Ok(None);
-            }
-            Startup::Params { version, params } => {
-                if version != codec::PROTOCOL_3_0 {
-                    // A newer minor version: answer with what we speak.
-                    let unknown: Vec<&str> = params
-                        .iter()
-                        .filter(|(k, _)| k.starts_with("_pq_."))
-                        .map(|(k, _)| k.as_str())
-                        .collect();
-                    let mut out = BytesMut::new();
-                    negotiate_version(&mut out, &unknown);
-                    if let Err(e) = send(&mut client, &mut out).await {
-                        return Err((Fail::io(e), None));
-                    }
-                }
-                break params;
-            }
+            params
         }
     };
     if tls_mode == ClientTls::Require && !client.is_tls() {
