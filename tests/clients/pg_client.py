@@ -146,7 +146,7 @@ def run_step(conn, conninfo, step):
             conn.execute(step["expect_error"])
         except psycopg.Error as e:
             if e.sqlstate == want:
-                return {"sqlstate": e.sqlstate}
+                return {"sqlstate": e.sqlstate, "error": str(e)}
             raise StepError(f"expected SQLSTATE {want}, got {e.sqlstate}: {e}", e.sqlstate)
         raise StepError(f"expected SQLSTATE {want}, the statement succeeded")
     if "prepared_error" in step:

@@ -37,7 +37,8 @@ use crate::policy::{
     self, Action, CompiledPolicy, Decision, Outcome, StatementFacts, Subject, Target,
 };
 use crate::protocol::sql::{
-    Analysis, Prepared, SqlSession, StatementInfo, decide_message, most_restrictive,
+    Analysis, Prepared, SqlSession, StatementInfo, UNKNOWN_PREPARED, decide_message,
+    most_restrictive,
 };
 use crate::recording::Recorder;
 use crate::state::Shared;
@@ -1101,6 +1102,18 @@ async fn relay(
     res
 }
 
+/// The SQLSTATE a refused statement is answered with: what the server says of
+/// a prepared statement it does not know (26000) for an EXECUTE of a name the
+/// agent did not see prepared, so drivers react as they would to the server;
+/// insufficient privilege (42501) for every other refusal.
+fn refusal_sqlstate(s: &Stmt) -> &'static str {
+    if s.decision.rule == UNKNOWN_PREPARED {
+        "26000"
+    } else {
+        "42501"
+    }
+}
+
 /// Rule id of statements refused while the audit log cannot take records.
 const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
 /// Rule id of an Execute of a portal the agent did not see bound.
@@ -1386,7 +1399,7 @@ impl Session<'_> {
                     .as_deref()
                     .unwrap_or("it changes a pinned setting")
             ),
-            (_, "unknown-prepared-statement") => format!(
+            (_, UNKNOWN_PREPARED) => format!(
                 "Portcullis: statement refused: {}",
                 s.parse_error
                     .as_deref()
@@ -2250,11 +2263,12 @@ impl Session<'_> {
                         ..
                     }) => {
                         let msg = self.refusal(s);
-                        codec::error_response(out, "ERROR", "42501", &msg);
+                        let code = refusal_sqlstate(s);
+                        codec::error_response(out, "ERROR", code, &msg);
                         if let Some(r) = t.recorder.as_mut() {
                             r.event(
                                 "error",
-                                json!({"severity": "ERROR", "sqlstate": "42501", "message": msg}),
+                                json!({"severity": "ERROR", "sqlstate": code, "message": msg}),
                             );
                         }
                         *failed = true;
@@ -2300,9 +2314,10 @@ impl Session<'_> {
                                 refused: Some(s), ..
                             }) => {
                                 let msg = self.refusal(&s);
-                                codec::error_response(out, "ERROR", "42501", &msg);
+                                let code = refusal_sqlstate(&s);
+                                codec::error_response(out, "ERROR", code, &msg);
                                 if let Some(r) = t.recorder.as_mut() {
-                                    r.event("error", json!({"severity": "ERROR", "sqlstate": "42501", "message": msg}));
+                                    r.event("error", json!({"severity": "ERROR", "sqlstate": code, "message": msg}));
                                 }
                                 replaced = true;
                             }
