@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::identity::{self, Attribution};
 use crate::policy::{self, Decision, Outcome};
+use crate::protocol::postgres::refusal::{self, Refusal};
 use crate::recording::{Recorder, RecordingConfig};
 use crate::state::Shared;
 
@@ -233,14 +234,18 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     rec.mode = Some(decision.mode);
     rec.workloads = &decision.workloads;
     rec.policy_decision = Some(policy::effect_name(decision.decided));
+    let target_name = rec.target.unwrap_or_default().to_string();
     if !shared.audit.healthy() {
         rec.decision = "deny";
-        rec.rule = "audit-unavailable";
+        rec.rule = AUDIT_UNAVAILABLE;
         rec.error = Some("the audit log is not accepting records".into());
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        // Refused: the client does not wait for the recording's fsync.
-        drop(client);
-        finish_recorded(&shared, &mut rec, started, None, protocol).await;
+        // Refused: the client is answered while the recording is written.
+        let why = no_evidence(&target_name);
+        tokio::join!(
+            tell_refused(&shared, client, pg_target.as_ref(), why, session),
+            finish_recorded(&shared, &mut rec, started, None, protocol)
+        );
         return;
     }
     if decision.outcome == Outcome::Hold {
@@ -252,27 +257,42 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             decision.rule
         ));
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        drop(client);
-        finish_recorded(&shared, &mut rec, started, None, protocol).await;
+        let why = policy_refusal(&decision, &attribution, &target_name);
+        tokio::join!(
+            tell_refused(&shared, client, pg_target.as_ref(), why, session),
+            finish_recorded(&shared, &mut rec, started, None, protocol)
+        );
         return;
     }
     if decision.outcome == Outcome::Deny {
         tracing::info!(session = %session, pid = attribution.pid, comm = %attribution.comm, destination = %dst, rule = %decision.rule, "connection denied");
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        drop(client);
-        finish_recorded(&shared, &mut rec, started, None, protocol).await;
+        let why = policy_refusal(&decision, &attribution, &target_name);
+        tokio::join!(
+            tell_refused(&shared, client, pg_target.as_ref(), why, session),
+            finish_recorded(&shared, &mut rec, started, None, protocol)
+        );
         return;
     }
-    let Ok(_permit) = shared.conn_limit.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.conn_limit.clone().try_acquire_owned() else {
         rec.decision = "deny";
-        rec.rule = "max-connections";
+        rec.rule = MAX_CONNECTIONS;
         rec.error = Some(format!(
             "more than {} connections at once",
             shared.cfg.max_connections
         ));
         shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-        drop(client);
-        finish_recorded(&shared, &mut rec, started, None, protocol).await;
+        let why = Refusal {
+            sqlstate: "53300",
+            message: format!(
+                "Portcullis: connection refused by rule `{MAX_CONNECTIONS}` (target {target_name}): the agent serves at most {} connections at once",
+                shared.cfg.max_connections
+            ),
+        };
+        tokio::join!(
+            tell_refused(&shared, client, pg_target.as_ref(), why, session),
+            finish_recorded(&shared, &mut rec, started, None, protocol)
+        );
         return;
     };
     rec.decision = decision.label();
@@ -291,11 +311,20 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         Err(e) => {
             tracing::error!(session = %session, error = %e, "cannot create the session recording; refusing the connection");
             rec.decision = "deny";
-            rec.rule = "recording-unavailable";
+            rec.rule = RECORDING_UNAVAILABLE;
             rec.error = Some(format!("session recording: {e}"));
             rec.recording = Some(json!({ "error": e }));
             shared.stats.denied.fetch_add(1, Ordering::Relaxed);
             finish(&shared, &rec, started);
+            // The refusal is answered without holding a connection slot.
+            drop(permit);
+            let why = Refusal {
+                sqlstate: "53000",
+                message: format!(
+                    "Portcullis: connection refused by rule `{RECORDING_UNAVAILABLE}` (target {target_name}): the session recording cannot be created, and no access is given without it; the operator must fix it (see the agent's log)"
+                ),
+            };
+            tell_refused(&shared, client, pg_target.as_ref(), why, session).await;
             return;
         }
     };
@@ -317,13 +346,18 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     if let Err(e) = shared.audit.record("connection_start", start) {
         tracing::error!(error = %e, "audit record refused; refusing the connection");
         rec.decision = "deny";
-        rec.rule = "audit-unavailable";
+        rec.rule = AUDIT_UNAVAILABLE;
         rec.error = Some(e.to_string());
-        drop(client);
-        finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
+        drop(permit);
+        let why = no_evidence(&target_name);
+        tokio::join!(
+            tell_refused(&shared, client, pg_target.as_ref(), why, session),
+            finish_recorded(&shared, &mut rec, started, recorder, protocol)
+        );
         return;
     }
 
+    let _permit = permit;
     if let Some(t) = pg_target {
         shared.stats.active.fetch_add(1, Ordering::Relaxed);
         let ctx = crate::protocol::postgres::session::Ctx {
@@ -397,6 +431,71 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     rec.end = end;
     rec.error = err;
     finish_recorded(&shared, &mut rec, started, recorder, protocol).await;
+}
+
+const AUDIT_UNAVAILABLE: &str = "audit-unavailable";
+const MAX_CONNECTIONS: &str = "max-connections";
+const RECORDING_UNAVAILABLE: &str = "recording-unavailable";
+
+/// What a client refused by the connection policy is told: the rule, and why
+/// in the terms of the request (who asked, for which target), nothing of the
+/// rest of the policy.
+fn policy_refusal(d: &Decision, a: &Attribution, target: &str) -> Refusal {
+    let mut who = format!("uid {}", a.uid);
+    if let Some(u) = &a.unit {
+        who.push_str(&format!(" (unit {u})"));
+    }
+    let why = match (d.outcome, d.rule.as_str()) {
+        (Outcome::Hold, _) => {
+            "connections need approval, which this agent cannot grant yet".to_string()
+        }
+        (_, policy::DEFAULT_DENY) => format!("no rule allows {who} to connect"),
+        _ => format!("the rule denies connections from {who}"),
+    };
+    Refusal {
+        sqlstate: "28000",
+        message: format!(
+            "Portcullis: connection refused by rule `{}` (target {target}): {why}",
+            d.rule
+        ),
+    }
+}
+
+/// What a client is told while the audit log cannot take records.
+fn no_evidence(target: &str) -> Refusal {
+    Refusal {
+        sqlstate: "53000",
+        message: format!(
+            "Portcullis: connection refused by rule `{AUDIT_UNAVAILABLE}` (target {target}): the audit log is not accepting records, and no access is given without evidence; access resumes when it recovers"
+        ),
+    }
+}
+
+/// Tells a refused client why, then closes the connection. A PostgreSQL target's
+/// client gets the FATAL ErrorResponse a server would send (after its startup;
+/// see `protocol::postgres::refusal`); any other protocol's, or one beyond the
+/// bound on refusals being answered, is closed at once. Never connects upstream.
+async fn tell_refused(
+    shared: &Shared,
+    client: TcpStream,
+    pg: Option<&policy::Target>,
+    why: Refusal,
+    session: SessionId,
+) {
+    let Some(t) = pg else {
+        drop(client);
+        return;
+    };
+    let Ok(_slot) = shared.pg.refusals.try_acquire() else {
+        tracing::debug!(session = %session, "too many refusals being answered; closed at once");
+        drop(client);
+        return;
+    };
+    let tls = crate::protocol::postgres::client_tls(&shared.pg, t);
+    match refusal::answer(client, tls, &why).await {
+        Ok(how) => tracing::debug!(session = %session, answered = ?how, "refusal answered"),
+        Err(e) => tracing::debug!(session = %session, error = %e, "refusal not answered"),
+    }
 }
 
 /// The header of a session recording: who, where to, and what was decided.

@@ -14,6 +14,16 @@ Steps, run in order on one connection (autocommit), as for pc-pgclient:
   {"cancel": SQL}                         runs SQL in a thread, waits until a second
                                           connection sees it active, conn.cancel()
   {"expect_error": SQL, "sqlstate": CODE} the statement must fail with that SQLSTATE
+  {"prepared_error": SQL, "params": [..], "sqlstate": CODE}
+                                          as "prepared", and it must fail with that SQLSTATE
+  {"backend_pid": true}                   conn.info.backend_pid (what BackendKeyData said)
+                                          and SELECT pg_backend_pid()
+  {"listen_notify": CHANNEL, "payload": P}
+                                          LISTEN, NOTIFY with payload P, then waits (up to
+                                          10 s) for the notification; its channel, payload, pid
+  {"terminate_self": true}                a second connection calls pg_terminate_backend()
+                                          on this connection's backend_pid; this connection
+                                          must then fail (last step: the connection is gone)
 
 Prints one JSON line: {"ok": true, "steps": [..]} or {"ok": false, "failed_step": i,
 "error": .., "sqlstate": .., "steps": [..]} (exit status 1); exit status 2 for bad
@@ -26,6 +36,7 @@ import time
 
 try:
     import psycopg
+    import psycopg.sql
 except ImportError as e:  # the harness checks first; say what to do anyway
     print(f"pg_client.py: psycopg is not importable ({e}): run `cargo xtask setup`", file=sys.stderr)
     sys.exit(2)
@@ -135,9 +146,40 @@ def run_step(conn, conninfo, step):
             conn.execute(step["expect_error"])
         except psycopg.Error as e:
             if e.sqlstate == want:
-                return {"sqlstate": e.sqlstate}
+                return {"sqlstate": e.sqlstate, "error": str(e)}
             raise StepError(f"expected SQLSTATE {want}, got {e.sqlstate}: {e}", e.sqlstate)
         raise StepError(f"expected SQLSTATE {want}, the statement succeeded")
+    if "prepared_error" in step:
+        want = step.get("sqlstate", "")
+        try:
+            conn.execute(step["prepared_error"], step.get("params", []), prepare=True)
+        except psycopg.Error as e:
+            if e.sqlstate == want:
+                return {"sqlstate": e.sqlstate, "error": str(e)}
+            raise StepError(f"expected SQLSTATE {want}, got {e.sqlstate}: {e}", e.sqlstate)
+        raise StepError(f"expected SQLSTATE {want}, the statement succeeded")
+    if "backend_pid" in step:
+        server = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        return {"backend_pid": conn.info.backend_pid, "pg_backend_pid": server}
+    if "listen_notify" in step:
+        channel = step["listen_notify"]
+        payload = step.get("payload", "")
+        conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+        conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        for n in conn.notifies(timeout=10, stop_after=1):
+            return {"channel": n.channel, "payload": n.payload, "pid": n.pid,
+                    "backend_pid": conn.info.backend_pid}
+        raise StepError("no notification arrived within 10 s")
+    if "terminate_self" in step:
+        pid = conn.info.backend_pid
+        with psycopg.connect(conninfo, autocommit=True) as other:
+            done = other.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error as e:
+            return {"terminated": done, "backend_pid": pid, "sqlstate": e.sqlstate,
+                    "error": str(e), "closed": conn.closed or conn.broken}
+        raise StepError(f"pg_terminate_backend({pid}) returned {done} and the connection still works")
     raise StepError(f"unknown step {step!r}")
 
 

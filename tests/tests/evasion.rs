@@ -480,6 +480,112 @@ fn prepared_statements_share_one_namespace_and_follow_the_search_path() {
     assert_eq!(r[10]["ok"], false, "{r}");
 }
 
+fn statement_records(w: &World) -> Vec<Value> {
+    w.agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "statement")
+        .collect()
+}
+
+/// The `statement` record of `text`.
+fn recs_of(w: &World, text: &str) -> Value {
+    let recs = statement_records(w);
+    recs.iter()
+        .find(|r| r["statement"] == text)
+        .cloned()
+        .unwrap_or_else(|| panic!("no statement record for {text:?}: {recs:#?}"))
+}
+
+#[test]
+fn psycopg_prepared_statements_run_by_sql_execute_and_are_decided_by_what_they_prepared() {
+    let Some(w) = world(
+        "psycopg_prepared_statements_run_by_sql_execute_and_are_decided_by_what_they_prepared",
+    ) else {
+        return;
+    };
+    w.pg.superuser_sql(
+        "CREATE TABLE public.secrets (id int, v text);
+         INSERT INTO public.secrets VALUES (1, 'public');
+         GRANT ALL ON public.secrets TO app;",
+    );
+    // psycopg's prepare=True names its statements `_pg3_0`, `_pg3_1`, ... (Parse
+    // by the protocol); the simple-protocol EXECUTE runs them by SQL.
+    let r = w.pg.psycopg_client(
+        &w.unit,
+        "app",
+        &json!([
+            {"prepared": "SELECT owner FROM public.accounts WHERE id = %s", "params": [2]},
+            {"query": "EXECUTE _pg3_0(3)"},
+            {"prepared": "SELECT v FROM secrets WHERE id = %s", "params": [1]},
+            {"query": "EXECUTE _pg3_1(1)"},
+            // From here `secrets` may be private.secrets: refused by SQL and by Bind.
+            {"query": "SET search_path TO private, public"},
+            {"expect_error": "EXECUTE _pg3_1(1)", "sqlstate": "42501"},
+            {"prepared_error": "SELECT v FROM secrets WHERE id = %s", "params": [1], "sqlstate": "42501"},
+            // DEALLOCATE by SQL of a name prepared by Parse: psycopg binds it
+            // again, and hears what the server says of an unknown name.
+            {"query": "DEALLOCATE _pg3_0"},
+            {"prepared_error": "SELECT owner FROM public.accounts WHERE id = %s", "params": [2], "sqlstate": "26000"},
+            // EXECUTE of a name the agent did not see prepared: refused, with
+            // the SQLSTATE the server gives an unknown name.
+            {"expect_error": "EXECUTE _pg3_0(2)", "sqlstate": "26000"},
+            {"query": "SELECT 'still usable'"}
+        ]),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    let s = &r["steps"];
+    assert_eq!(s[0]["rows"], json!([["bob"]]), "{r:#}");
+    assert_eq!(s[1]["rows"], json!([["carol"]]), "{r:#}");
+    assert_eq!(s[3]["rows"], json!([["public"]]), "{r:#}");
+    for i in [5, 6] {
+        let e = s[i]["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("Portcullis") && e.contains("no-private"),
+            "step {i}: {r:#}"
+        );
+    }
+    assert!(
+        s[8]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("_pg3_0") && e.contains("does not exist")),
+        "the server's own answer: {r:#}"
+    );
+    assert!(
+        s[9]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Portcullis")
+                && e.contains("_pg3_0")
+                && e.contains("not prepared")),
+        "{r:#}"
+    );
+    let unknown = recs_of(&w, "EXECUTE _pg3_0(2)");
+    assert_eq!(unknown["decision"], "deny", "{unknown:#}");
+    assert_eq!(unknown["rule"], "unknown-prepared-statement", "{unknown:#}");
+    assert_eq!(s[10]["rows"], json!([["still usable"]]), "{r:#}");
+    // The records: EXECUTE decided as what `_pg3_N` prepared.
+    let recs = statement_records(&w);
+    let ran = recs
+        .iter()
+        .find(|r| r["statement"] == "EXECUTE _pg3_0(3)")
+        .unwrap_or_else(|| panic!("no record of the EXECUTE: {recs:#?}"));
+    assert_eq!(ran["decision"], "allow", "{ran:#}");
+    assert_eq!(ran["kinds"], json!(["execute", "select"]), "{ran:#}");
+    assert!(
+        ran["tables_read"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "public.accounts")),
+        "{ran:#}"
+    );
+    let refused = recs
+        .iter()
+        .find(|r| r["statement"] == "EXECUTE _pg3_1(1)" && r["decision"] == "deny")
+        .unwrap_or_else(|| panic!("no refusal of the EXECUTE: {recs:#?}"));
+    assert_eq!(refused["rule"], "no-private", "{refused:#}");
+    // Nothing of private.secrets came back.
+    assert!(!r.to_string().contains("top"), "{r:#}");
+}
+
 #[test]
 fn an_execute_of_a_portal_the_agent_did_not_see_bound_is_refused() {
     let Some(w) = world("an_execute_of_a_portal_the_agent_did_not_see_bound_is_refused") else {

@@ -45,7 +45,7 @@ struct World {
     pg: PgServer,
     unit: PathBuf,
     creds: TempDir,
-    _cg: TestCgroup,
+    cg: TestCgroup,
 }
 
 /// Target `app-db` (protocol postgres) with `target_extra` lines, the connection
@@ -117,7 +117,7 @@ fn world_with(
         pg,
         unit,
         creds,
-        _cg: cg,
+        cg,
     })
 }
 
@@ -1088,17 +1088,24 @@ fn evasion_corpus_through_the_proxy_to_a_real_server() {
             w.pg.tokio_client(&w.unit, &bin, "app", &Value::Array(steps));
         for (i, c) in g.iter().enumerate() {
             let res = &r["steps"][i];
+            let rule = c["rule"].as_str().unwrap_or("");
+            // An EXECUTE of an unknown name is answered as the server answers it.
+            let sqlstate = if rule == "unknown-prepared-statement" {
+                "26000"
+            } else {
+                "42501"
+            };
             let refused = res["ok"] == false
-                && res["sqlstate"] == "42501"
+                && res["sqlstate"] == sqlstate
                 && res["error"]
                     .as_str()
                     .is_some_and(|e| e.contains("Portcullis"));
             let expect_deny = c["expect"] == "deny";
-            let rule = c["rule"].as_str().unwrap_or("");
             let msg = res["error"].as_str().unwrap_or("");
             let rule_ok = !expect_deny
                 || msg.contains(&format!("rule `{rule}`"))
-                || (rule == "unparseable" && msg.contains("could not be parsed"));
+                || (rule == "unparseable" && msg.contains("could not be parsed"))
+                || (rule == "unknown-prepared-statement" && msg.contains("has not prepared"));
             if refused != expect_deny || !rule_ok {
                 wrong.push(format!(
                     "{:?}: expected {} by {rule}, got {res}",
@@ -1213,6 +1220,24 @@ print(repr(query(s, "SELECT 'third'")), flush=True)
         second.contains("42501") && second.contains("audit log is not accepting records"),
         "{second}"
     );
+    // A new connection meanwhile is told why, as a server would, and never
+    // reaches the server (SQLSTATE 53000 from tokio-postgres, the message from psql).
+    let before = pg.tcp_connections_received();
+    let pc = PathBuf::from(env!("CARGO_BIN_EXE_pc-pgclient"));
+    let r = pg.tokio_client(&unit, &pc, "app", &json!([{"query": "SELECT 1"}]));
+    assert_eq!(r["ok"], false, "{r:#}");
+    assert_eq!(r["sqlstate"], "53000", "{r:#}");
+    let out = pg.psql(&unit, &["-c", "SELECT 1"], None);
+    assert!(!out.ok(), "{out:?}");
+    assert!(
+        out.stderr.contains("FATAL:")
+            && out
+                .stderr
+                .contains("connection refused by rule `audit-unavailable` (target app-db)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(pg.tcp_connections_received(), before, "{}", pg.log());
     // Space returns: the same session is served again.
     std::fs::remove_file(&filler).expect("remove filler");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -1232,4 +1257,304 @@ print(repr(query(s, "SELECT 'third'")), flush=True)
     let _ = child.wait();
     drop(agent);
     drop(pg);
+}
+
+#[test]
+fn the_client_sees_the_servers_pid_and_cancel_and_terminate_use_it() {
+    let Some(w) = world(
+        "the_client_sees_the_servers_pid_and_cancel_and_terminate_use_it",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", ""),
+        "",
+    ) else {
+        return;
+    };
+    let r = w.pg.psycopg_client(
+        &w.unit,
+        "app",
+        &json!([
+            {"backend_pid": true},
+            {"listen_notify": "portcullis_events", "payload": "hello"},
+            {"cancel": "SELECT pg_sleep(30)"},
+            {"backend_pid": true},
+            {"terminate_self": true}
+        ]),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    let s = &r["steps"];
+    // BackendKeyData carried the server's own pid: what the server says it is,
+    // and what its notifications carry.
+    let pid = s[0]["backend_pid"].as_i64().expect("backend_pid");
+    assert_eq!(s[0]["pg_backend_pid"], pid, "{r:#}");
+    assert_eq!(s[1]["channel"], "portcullis_events", "{r:#}");
+    assert_eq!(s[1]["payload"], "hello", "{r:#}");
+    assert_eq!(s[1]["pid"], pid, "NotificationResponse pid: {r:#}");
+    // The cancel (server pid, agent secret) reached that backend.
+    assert_eq!(s[2]["cancelled"], true, "{r:#}");
+    assert_eq!(s[2]["backend_pid"], pid, "{r:#}");
+    assert_eq!(s[3]["pg_backend_pid"], pid, "same session after the cancel");
+    // pg_terminate_backend of that pid from another session ends this one.
+    assert_eq!(s[4]["terminated"], true, "{r:#}");
+    assert_eq!(s[4]["backend_pid"], pid, "{r:#}");
+    assert_eq!(s[4]["closed"], true, "{r:#}");
+    assert_eq!(
+        w.pg.superuser_sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        )),
+        "0",
+        "the terminated backend is gone"
+    );
+    let cancels = events(&w, "statement_cancel");
+    assert!(
+        cancels.iter().any(|c| c["error"].is_null()),
+        "the cancel was forwarded: {cancels:#?}"
+    );
+    // The client never saw the server's secret: BackendKeyData is rewritten,
+    // and no record holds a key.
+    let log = std::fs::read_to_string(w.agent.audit_path()).unwrap_or_default();
+    assert!(!log.contains("\"secret\""), "a cancel key reached the log");
+}
+
+/// psql as database user `app` from cgroup `cg` to `port` with libpq's default
+/// sslmode (`prefer`: an SSLRequest first); (success, stderr).
+fn psql_from(w: &World, cg: &Path, port: u16) -> (bool, String) {
+    let conn = format!("host=127.0.0.1 port={port} user=app dbname=app connect_timeout=10");
+    let bin = w.pg.bin.join("psql");
+    let out = in_cgroup(
+        cg,
+        &[
+            bin.to_str().expect("utf-8"),
+            "-X",
+            "-w",
+            "-d",
+            &conn,
+            "-c",
+            "SELECT 1",
+        ],
+    )
+    .env_remove("PGSSLMODE")
+    .env_remove("PGPASSWORD")
+    .stdin(Stdio::null())
+    .output()
+    .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Connects from cgroup `cg` to the database port and sends nothing; returns
+/// what the agent did once it gave up waiting (`closed` with no bytes).
+const SILENT_CLIENT: &str = r#"
+import json, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(60)
+try:
+    got = s.recv(1024)
+    print(json.dumps({"closed": got == b"", "bytes": len(got)}), flush=True)
+except ConnectionResetError:
+    print(json.dumps({"closed": True, "bytes": 0, "reset": True}), flush=True)
+except socket.timeout:
+    print(json.dumps({"closed": False, "bytes": 0}), flush=True)
+"#;
+
+#[test]
+fn a_connection_refused_by_policy_gets_a_fatal_error_and_never_reaches_the_server() {
+    let l4 = portcullis_tests::Server::start("127.0.0.1:0", portcullis_tests::Reply::Echo, None);
+    let l4_port = l4.port();
+    let Some(w) = world(
+        "a_connection_refused_by_policy_gets_a_fatal_error_and_never_reaches_the_server",
+        PgOpts::default(),
+        |port| {
+            format!(
+                "apiVersion: portcullis.dev/v1\nmode: enforce\nworkloads:\n  - name: clients\n    match: {{ unit: \"pgclients.service\" }}\n  - name: banned\n    match: {{ unit: \"banned.service\" }}\n  - name: held\n    match: {{ unit: \"held.service\" }}\ntargets:\n  - name: app-db\n    addresses: [\"127.0.0.1\"]\n    ports: [{port}]\n    protocol: postgres\n    credentials: app-db\n  - name: l4-svc\n    addresses: [\"127.0.0.1\"]\n    ports: [{l4_port}]\n    protocol: tcp\nrules:\n  - id: {CONNECT_RULE}\n    workloads: [clients]\n    targets: [app-db]\n    effect: allow\n  - id: no-banned\n    workloads: [banned]\n    targets: [app-db]\n    effect: deny\n  - id: held-needs-approval\n    workloads: [held]\n    targets: [app-db]\n    effect: require_approval\n    approval: {{ approvers: [dba], timeout: 5m }}\n"
+            )
+        },
+        "",
+    ) else {
+        return;
+    };
+    let port = w.pg.port;
+    let other = w.cg.unit("other");
+    // psql, as libpq does by default (SSLRequest, answered N, then the startup):
+    // a FATAL naming the rule and why, not a dropped connection.
+    for (unit, rule, why) in [
+        (
+            "other",
+            "default-deny",
+            "no rule allows uid 0 (unit other.service) to connect",
+        ),
+        (
+            "banned",
+            "no-banned",
+            "the rule denies connections from uid 0 (unit banned.service)",
+        ),
+        ("held", "held-needs-approval", "need approval"),
+    ] {
+        let (ok, err) = psql_from(&w, &w.cg.unit(unit), port);
+        eprintln!("psql from {unit}.service: {}", err.trim());
+        assert!(!ok, "{unit}: psql got through: {err}");
+        assert!(err.contains("FATAL:"), "{unit}: {err}");
+        assert!(
+            err.contains(&format!(
+                "Portcullis: connection refused by rule `{rule}` (target app-db)"
+            )),
+            "{unit}: {err}"
+        );
+        assert!(err.contains(why), "{unit}: {err}");
+        assert!(
+            !err.contains("server closed the connection unexpectedly"),
+            "{unit}: {err}"
+        );
+    }
+    // psycopg: the same refusal (libpq reports no SQLSTATE for a failed
+    // connection; tokio-postgres below reads it).
+    let r =
+        w.pg.psycopg_client(&other, "app", &json!([{"query": "SELECT 1"}]));
+    assert_eq!(r["ok"], false, "{r:#}");
+    let e = r["error"].as_str().unwrap_or_default();
+    assert!(e.contains("FATAL") && e.contains("`default-deny`"), "{r:#}");
+    // tokio-postgres: SQLSTATE 28000, invalid_authorization_specification.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_pc-pgclient"));
+    let r =
+        w.pg.tokio_client(&other, &bin, "app", &json!([{"query": "SELECT 1"}]));
+    assert_eq!(r["ok"], false, "{r:#}");
+    assert_eq!(r["sqlstate"], "28000", "{r:#}");
+    // A client that never sends its startup is closed, unanswered.
+    let out = in_cgroup(&other, &["python3", "-c", SILENT_CLIENT, &port.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("silent client");
+    let silent = portcullis_tests::last_json_line(&out, "silent client");
+    assert_eq!(silent["closed"], true, "{silent}");
+    assert_eq!(silent["bytes"], 0, "{silent}");
+    // None of these reached the server.
+    assert_eq!(
+        w.pg.tcp_connections_received(),
+        0,
+        "the server saw a refused connection; log:\n{}",
+        w.pg.log()
+    );
+    // A target of another protocol keeps the close: psql sees the connection
+    // dropped, with no PostgreSQL error, and the server there saw nothing.
+    let (ok, err) = psql_from(&w, &other, l4_port);
+    assert!(!ok, "{err}");
+    assert!(!err.contains("FATAL"), "{err}");
+    assert!(
+        err.contains("server closed the connection unexpectedly")
+            || err.contains("Connection reset by peer"),
+        "{err}"
+    );
+    assert_eq!(
+        l4.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the L4 server saw a refused connection"
+    );
+    // The audit records are those of any refusal.
+    let conns = w.agent.connections(9);
+    for (unit, rule, n) in [
+        ("other.service", "default-deny", 4),
+        ("banned.service", "no-banned", 1),
+        ("held.service", "held-needs-approval", 1),
+    ] {
+        let recs: Vec<&Value> = conns
+            .iter()
+            .filter(|c| {
+                c["attribution"]["unit"] == unit && c["target"] == "app-db" && c["rule"] == rule
+            })
+            .collect();
+        assert_eq!(recs.len(), n, "{unit}: {conns:#?}");
+        for c in recs {
+            assert_eq!(c["decision"], "deny", "{c:#}");
+            assert_eq!(c["end"], "refused", "{c:#}");
+            assert_eq!(c["bytes_client_to_upstream"], 0, "{c:#}");
+            assert!(c.get("session").is_none(), "{c:#}");
+        }
+    }
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["target"] == "l4-svc" && c["rule"] == "default-deny"),
+        "{conns:#?}"
+    );
+}
+
+#[test]
+fn beyond_max_connections_a_client_is_told_53300_and_refusals_take_no_slot() {
+    let Some(w) = world(
+        "beyond_max_connections_a_client_is_told_53300_and_refusals_take_no_slot",
+        PgOpts::default(),
+        |port| policy(port, "    credentials: app-db\n", "enforce", ""),
+        "max_connections: 1\n",
+    ) else {
+        return;
+    };
+    let port = w.pg.port.to_string();
+    // A refused client that says nothing waits for its answer without a slot.
+    let other = w.cg.unit("other");
+    let silent = in_cgroup(&other, &["python3", "-c", SILENT_CLIENT, &port])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("silent client");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !w
+        .agent
+        .connections(1)
+        .iter()
+        .any(|c| c["attribution"]["unit"] == "other.service")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent client was never refused"
+        );
+    }
+    // The one slot: a session running a long query.
+    let bin = w.pg.bin.join("psql");
+    let conn = format!("host=127.0.0.1 port={port} user=app dbname=app connect_timeout=10");
+    let mut long = in_cgroup(
+        &w.unit,
+        &[
+            bin.to_str().expect("utf-8"),
+            "-X",
+            "-d",
+            &conn,
+            "-c",
+            "SELECT pg_sleep(60)",
+        ],
+    )
+    .env("PGSSLMODE", "disable")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("long psql");
+    w.pg.wait_for_active_query("app", "pg_sleep");
+    let (ok, err) = psql_from(&w, &w.unit, w.pg.port);
+    assert!(!ok, "{err}");
+    assert!(err.contains("FATAL:"), "{err}");
+    assert!(
+        err.contains("connection refused by rule `max-connections` (target app-db)"),
+        "{err}"
+    );
+    let pc = PathBuf::from(env!("CARGO_BIN_EXE_pc-pgclient"));
+    let r =
+        w.pg.tokio_client(&w.unit, &pc, "app", &json!([{"query": "SELECT 1"}]));
+    assert_eq!(r["sqlstate"], "53300", "{r:#}");
+    let _ = long.kill();
+    let _ = long.wait();
+    let out = silent.wait_with_output().expect("silent client");
+    let s = portcullis_tests::last_json_line(&out, "silent client");
+    assert_eq!(s["closed"], true, "{s}");
+    // Only the long session reached the server.
+    assert_eq!(w.pg.tcp_connections_received(), 1, "{}", w.pg.log());
+    let conns = w.agent.connections(4);
+    assert_eq!(
+        conns
+            .iter()
+            .filter(|c| c["rule"] == "max-connections" && c["decision"] == "deny")
+            .count(),
+        2,
+        "{conns:#?}"
+    );
 }

@@ -455,6 +455,20 @@ fn psql_from_a_workload_the_policy_does_not_name_is_refused_before_the_server() 
         !out.ok(),
         "a workload no rule allows reached the database: {out:?}"
     );
+    if protocol() == "postgres" {
+        // Told as a server tells it: a FATAL naming the rule.
+        assert!(
+            out.stderr.contains("FATAL:")
+                && out
+                    .stderr
+                    .contains("connection refused by rule `default-deny` (target app-db)"),
+            "{}",
+            out.stderr
+        );
+    } else {
+        // The L4 relay only closes the connection.
+        assert!(!out.stderr.contains("FATAL"), "{}", out.stderr);
+    }
     let recs = e.agent.connections(1);
     let rec = recs
         .iter()

@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 
 use super::auth::{self, Scram};
 use super::cancel;
-use super::codec::{self, CodecError, Frame, Front, Startup};
+use super::codec::{self, CodecError, Frame, Front};
+use super::opening::Opening;
 use super::stream::Stream;
 use crate::identity::Attribution;
 use crate::policy::spec::{ClientTls, UpstreamTls};
@@ -36,7 +37,8 @@ use crate::policy::{
     self, Action, CompiledPolicy, Decision, Outcome, StatementFacts, Subject, Target,
 };
 use crate::protocol::sql::{
-    Analysis, Prepared, SqlSession, StatementInfo, decide_message, most_restrictive,
+    Analysis, Prepared, SqlSession, StatementInfo, UNKNOWN_PREPARED, decide_message,
+    most_restrictive,
 };
 use crate::recording::Recorder;
 use crate::state::Shared;
@@ -206,7 +208,9 @@ pub async fn serve(mut ctx: Ctx, client: TcpStream) -> Summary {
         }
     };
     let res = relay(&mut ctx, client, upstream, &mut sum).await;
-    ctx.shared.pg.cancels.remove(keys.0, keys.1);
+    if let Some(k) = keys {
+        ctx.shared.pg.cancels.remove(k);
+    }
     if let Err(e) = res {
         if sum.end == "closed" {
             sum.end = "error";
@@ -246,7 +250,8 @@ fn finish(mut ctx: Ctx, mut sum: Summary) -> Summary {
     sum
 }
 
-type Started = (Stream, Stream, (i32, i32));
+/// Client, upstream, and the cancel keys registered for the session.
+type Started = (Stream, Stream, Option<cancel::ClientKeys>);
 
 /// Startup: TLS negotiation, cancel requests, upstream connection and login,
 /// until the server's first ReadyForQuery has been passed to the client.
@@ -258,108 +263,34 @@ async fn startup(
 ) -> Result<Option<Started>, (Fail, Option<Stream>)> {
     let pg = &ctx.shared.pg;
     let tls_mode = ctx.target.tls.client;
-    let mut client = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(8192);
     // The startup packet, after at most one TLS negotiation.
-    let params = loop {
-        let pkt = loop {
-            match codec::try_startup(&mut buf) {
-                Ok(Some(p)) => break p,
-                Ok(None) => {}
-                Err(e) => {
-                    return Err((
-                        Fail::new("08P01", "protocol_error", format!("startup packet: {e}")),
-                        Some(client),
-                    ));
-                }
-            }
-            match fill(&mut client, &mut buf).await {
-                Ok(true) => {}
-                Ok(false) => return Err((Fail::io("client closed before its startup"), None)),
-                Err(e) => return Err((Fail::io(e), None)),
-            }
-        };
-        match pkt {
-            Startup::Ssl if !client.is_tls() => {
-                let acceptor = match (&pg.tls_server, tls_mode) {
-                    (Some(cfg), ClientTls::Allow | ClientTls::Require) => Some(cfg.clone()),
-                    _ => None,
-                };
-                let Stream::Plain(tcp) = client else {
-                    return Err((Fail::io("TLS state"), None));
-                };
-                let mut tcp = tcp;
-                match acceptor {
-                    Some(cfg) => {
-                        if let Err(e) = tcp.write_all(b"S").await {
-                            return Err((Fail::io(e), None));
-                        }
-                        if !buf.is_empty() {
-                            // Bytes sent before the handshake would be outside TLS.
-                            return Err((
-                                Fail::new(
-                                    "08P01",
-                                    "protocol_error",
-                                    "data after SSLRequest before the TLS handshake",
-                                ),
-                                None,
-                            ));
-                        }
-                        match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
-                            Ok(s) => client = Stream::Server(Box::new(s)),
-                            Err(e) => {
-                                return Err((
-                                    Fail::new(
-                                        "08006",
-                                        "tls_error",
-                                        format!("TLS handshake with the client: {e}"),
-                                    ),
-                                    None,
-                                ));
-                            }
-                        }
-                        sum.client_tls = true;
-                    }
-                    None => {
-                        if let Err(e) = tcp.write_all(b"N").await {
-                            return Err((Fail::io(e), None));
-                        }
-                        client = Stream::Plain(tcp);
-                    }
-                }
-            }
-            Startup::GssEnc if !client.is_tls() => {
-                // Not offered: clients fall back to TLS or plain.
-                if let Err(e) = client.write_all(b"N").await {
+    let acceptor = super::client_tls(pg, &ctx.target);
+    let (mut client, opening) = match super::opening::read(tcp, &mut buf, acceptor).await {
+        Ok(x) => x,
+        Err(e) => return Err((Fail::new(e.sqlstate, e.end, e.detail), e.client)),
+    };
+    sum.client_tls = client.is_tls();
+    let params = match opening {
+        Opening::Cancel { pid, secret } => {
+            cancel(ctx, pid, secret, sum).await;
+            return Ok(None);
+        }
+        Opening::Params { version, params } => {
+            if version != codec::PROTOCOL_3_0 {
+                // A newer minor version: answer with what we speak.
+                let unknown: Vec<&str> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let mut out = BytesMut::new();
+                negotiate_version(&mut out, &unknown);
+                if let Err(e) = send(&mut client, &mut out).await {
                     return Err((Fail::io(e), None));
                 }
             }
-            Startup::Ssl | Startup::GssEnc => {
-                return Err((
-                    Fail::new("08P01", "protocol_error", "encryption requested twice"),
-                    Some(client),
-                ));
-            }
-            Startup::Cancel { pid, secret } => {
-                cancel(ctx, pid, secret, sum).await;
-                return Ok(None);
-            }
-            Startup::Params { version, params } => {
-                if version != codec::PROTOCOL_3_0 {
-                    // A newer minor version: answer with what we speak.
-                    let unknown: Vec<&str> = params
-                        .iter()
-                        .filter(|(k, _)| k.starts_with("_pq_."))
-                        .map(|(k, _)| k.as_str())
-                        .collect();
-                    let mut out = BytesMut::new();
-                    negotiate_version(&mut out, &unknown);
-                    if let Err(e) = send(&mut client, &mut out).await {
-                        return Err((Fail::io(e), None));
-                    }
-                }
-                break params;
-            }
+            params
         }
     };
     if tls_mode == ClientTls::Require && !client.is_tls() {
@@ -685,7 +616,11 @@ async fn startup(
         }
     }
     // Parameters, key data, first ReadyForQuery.
-    let mut keys = (0, 0);
+    // Removed again if the startup fails after the server sent its keys.
+    let mut keys = Registered {
+        shared: ctx.shared.clone(),
+        keys: None,
+    };
     loop {
         let f = match next_frame(&mut upstream, &mut ubuf, max).await {
             Ok(f) => f,
@@ -705,14 +640,27 @@ async fn startup(
                         Some(client),
                     ));
                 };
-                keys = ctx.shared.pg.cancels.register(cancel::Upstream {
+                if let Some(k) = keys.keys.take() {
+                    // A second BackendKeyData replaces the first.
+                    ctx.shared.pg.cancels.remove(k);
+                }
+                keys.keys = ctx.shared.pg.cancels.register(cancel::Upstream {
                     addr: ctx.dst,
                     pid,
                     secret,
                     session_id: ctx.session_id.clone(),
                     target: ctx.target.name.clone(),
                 });
-                codec::backend_key_data(&mut out, keys.0, keys.1);
+                // The server's pid as it is; the secret is the agent's (with no
+                // random secret to be had, one that no cancel request can use).
+                let client_secret = match keys.keys {
+                    Some(k) => k.secret,
+                    None => {
+                        tracing::warn!(session = %ctx.session_id, "no cancel key could be drawn; cancel requests of this session will be ignored");
+                        0
+                    }
+                };
+                codec::backend_key_data(&mut out, pid, client_secret);
             }
             b'Z' => {
                 f.encode(&mut out);
@@ -792,7 +740,21 @@ async fn startup(
             Some(client),
         ));
     }
-    Ok(Some((client, upstream, keys)))
+    Ok(Some((client, upstream, keys.keys.take())))
+}
+
+/// Cancel keys registered during a startup, removed if the startup fails.
+struct Registered {
+    shared: Arc<Shared>,
+    keys: Option<cancel::ClientKeys>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(k) = self.keys.take() {
+            self.shared.pg.cancels.remove(k);
+        }
+    }
 }
 
 /// The agent's own query after login, before the client is told it is ready.
@@ -894,10 +856,18 @@ async fn upstream_tls(ctx: &Ctx, mut tcp: TcpStream) -> Result<Stream, String> {
     Ok(Stream::Client(Box::new(s)))
 }
 
-/// A CancelRequest with keys the agent handed out: forwarded with the server's keys.
+/// A CancelRequest with keys the agent handed out, sent to the target whose
+/// session they belong to: forwarded to that server with the server's own keys.
+/// Any other is ignored, as the server ignores keys it does not know.
 async fn cancel(ctx: &Ctx, pid: i32, secret: i32, sum: &mut Summary) {
     sum.end = "cancel";
-    let Some(up) = ctx.shared.pg.cancels.lookup(pid, secret) else {
+    let Some(up) = ctx
+        .shared
+        .pg
+        .cancels
+        .lookup(pid, secret)
+        .filter(|u| u.target == ctx.target.name)
+    else {
         sum.error = Some("cancel request with unknown keys (ignored, as the server does)".into());
         return;
     };
@@ -1130,6 +1100,18 @@ async fn relay(
     // The recorder goes back to the context, which finishes it.
     ctx.recorder = t.recorder;
     res
+}
+
+/// The SQLSTATE a refused statement is answered with: what the server says of
+/// a prepared statement it does not know (26000) for an EXECUTE of a name the
+/// agent did not see prepared, so drivers react as they would to the server;
+/// insufficient privilege (42501) for every other refusal.
+fn refusal_sqlstate(s: &Stmt) -> &'static str {
+    if s.decision.rule == UNKNOWN_PREPARED {
+        "26000"
+    } else {
+        "42501"
+    }
 }
 
 /// Rule id of statements refused while the audit log cannot take records.
@@ -1417,7 +1399,7 @@ impl Session<'_> {
                     .as_deref()
                     .unwrap_or("it changes a pinned setting")
             ),
-            (_, "unknown-prepared-statement") => format!(
+            (_, UNKNOWN_PREPARED) => format!(
                 "Portcullis: statement refused: {}",
                 s.parse_error
                     .as_deref()
@@ -2281,11 +2263,12 @@ impl Session<'_> {
                         ..
                     }) => {
                         let msg = self.refusal(s);
-                        codec::error_response(out, "ERROR", "42501", &msg);
+                        let code = refusal_sqlstate(s);
+                        codec::error_response(out, "ERROR", code, &msg);
                         if let Some(r) = t.recorder.as_mut() {
                             r.event(
                                 "error",
-                                json!({"severity": "ERROR", "sqlstate": "42501", "message": msg}),
+                                json!({"severity": "ERROR", "sqlstate": code, "message": msg}),
                             );
                         }
                         *failed = true;
@@ -2331,9 +2314,10 @@ impl Session<'_> {
                                 refused: Some(s), ..
                             }) => {
                                 let msg = self.refusal(&s);
-                                codec::error_response(out, "ERROR", "42501", &msg);
+                                let code = refusal_sqlstate(&s);
+                                codec::error_response(out, "ERROR", code, &msg);
                                 if let Some(r) = t.recorder.as_mut() {
-                                    r.event("error", json!({"severity": "ERROR", "sqlstate": "42501", "message": msg}));
+                                    r.event("error", json!({"severity": "ERROR", "sqlstate": code, "message": msg}));
                                 }
                                 replaced = true;
                             }

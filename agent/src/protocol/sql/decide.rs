@@ -10,6 +10,10 @@ use crate::policy::{
     Subject, UNPARSEABLE, evaluate,
 };
 
+/// Rule id of an `EXECUTE` of a name the session has not prepared (as far as
+/// the agent saw): refused, and told as the server tells it (SQLSTATE 26000).
+pub const UNKNOWN_PREPARED: &str = "unknown-prepared-statement";
+
 /// One statement of a message, as decided.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatementDecision {
@@ -138,11 +142,17 @@ pub fn decide_message(
                         decision,
                     });
                 }
-                Err(e) => out.push(StatementDecision {
-                    facts: None,
-                    error: Some(e),
-                    decision: refused(policy, target),
-                }),
+                Err(e) => {
+                    let mut decision = refused(policy, target);
+                    if st.execute.as_ref().is_some_and(|n| s.prepared(n).is_none()) {
+                        decision.rule = UNKNOWN_PREPARED.into();
+                    }
+                    out.push(StatementDecision {
+                        facts: None,
+                        error: Some(e),
+                        decision,
+                    })
+                }
             }
             if let Some(c) = copy.as_mut() {
                 c.completed(st);
@@ -155,5 +165,78 @@ pub fn decide_message(
     MessageDecision {
         statements: out,
         decision,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::sql::{Analyzer, Prepared};
+    use std::sync::Arc;
+
+    const POLICY: &str = r#"
+apiVersion: portcullis.dev/v1
+workloads:
+  - name: w
+    match: { uid: 1000 }
+targets:
+  - name: pg
+    addresses: ["10.0.0.1"]
+    ports: [5432]
+    protocol: postgres
+rules:
+  - id: w-all
+    workloads: [w]
+    targets: [pg]
+    effect: allow
+"#;
+
+    #[test]
+    fn an_execute_of_a_name_never_prepared_is_refused_as_unknown() {
+        let p = CompiledPolicy::from_sources_with(
+            &[(std::path::PathBuf::from("p.yaml"), POLICY.to_string())],
+            &|_| Err("no DNS in tests".into()),
+        )
+        .unwrap_or_else(|e| panic!("policy: {e}"));
+        let subject = Subject {
+            uid: Some(1000),
+            ..Default::default()
+        };
+        let analyzer = Analyzer::new(0);
+        let mut session = SqlSession::new("app", None);
+        let decide = |session: &SqlSession, sql: &str| {
+            decide_message(&p, &subject, 0, 0, session, &analyzer.analyze(sql)).decision
+        };
+        let d = decide(&session, "EXECUTE _pg3_0(1)");
+        assert_eq!(
+            (d.outcome, d.rule.as_str()),
+            (Outcome::Deny, UNKNOWN_PREPARED)
+        );
+        // Prepared by the protocol's Parse: decided on what it prepared.
+        let text = "SELECT 1";
+        session
+            .prepare(
+                "_pg3_0",
+                Arc::new(Prepared {
+                    text: Arc::from(text),
+                    analysis: analyzer.analyze(text),
+                }),
+            )
+            .expect("prepare");
+        let d = decide(&session, "EXECUTE _pg3_0(1)");
+        assert_eq!((d.outcome, d.rule.as_str()), (Outcome::Allow, "w-all"));
+        // Known but not analysable is not "unknown": it stays unparseable.
+        let bad = "SELEC 1";
+        session
+            .prepare(
+                "bad",
+                Arc::new(Prepared {
+                    text: Arc::from(bad),
+                    analysis: analyzer.analyze(bad),
+                }),
+            )
+            .expect("prepare");
+        let d = decide(&session, "EXECUTE bad");
+        assert_eq!(d.rule, UNPARSEABLE);
     }
 }

@@ -32,5 +32,5 @@ mod tests;
 // The API the PostgreSQL proxy (agent/src/protocol/postgres) calls.
 pub use analyze::{Analysis, StatementInfo, is_utf8_name, pinned_violation};
 pub use cache::{Analyzer, measure};
-pub use decide::{decide_message, most_restrictive};
+pub use decide::{UNKNOWN_PREPARED, decide_message, most_restrictive};
 pub use session::{Prepared, SqlSession};
