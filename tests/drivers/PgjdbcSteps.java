@@ -461,7 +461,7 @@ public class PgjdbcSteps {
         for (String sql : new String[] {
             "INSERT INTO " + T + " (id, name) VALUES (1, 'again')",
             "INSERT INTO " + T + " (id, name) VALUES (999, repeat('x', 50))",
-            "SELECT * FROM drv_no_such_table", "SELECT 1/0", "SELEC 1", "SELECT 'abc'::int",
+            "SELECT * FROM drv_no_such_table", "SELECT 1/0", "SELECT 'abc'::int",
         }) {
             try { exec(c, sql); out.add(m("sql", sql, "error", null)); } catch (SQLException e) {
                 Map<String, Object> e2 = errorOf(e);
@@ -471,6 +471,10 @@ public class PgjdbcSteps {
         }
         out.add(m("after", scalar(c, "SELECT 'usable'")));
         return m("errors", out);
+    }
+
+    static Map<String, Object> syntaxError(Connection c) throws Exception {
+        try { exec(c, "SELEC 1"); return m("error", null); } catch (SQLException e) { return errorOf(e); }
     }
 
     static Map<String, Object> notice(Connection c) throws Exception {
@@ -545,6 +549,7 @@ public class PgjdbcSteps {
         steps.put("types", PgjdbcSteps::types);
         steps.put("transactions", PgjdbcSteps::transactions);
         steps.put("errors", PgjdbcSteps::errors);
+        steps.put("syntax_error", PgjdbcSteps::syntaxError);
         steps.put("notice", PgjdbcSteps::notice);
         steps.put("tls", PgjdbcSteps::tls);
         int failed = 0;

@@ -315,7 +315,6 @@ async def step_errors(conn):
         (f"INSERT INTO {T} (id, name) VALUES (999, repeat('x', 50))", ()),
         ("SELECT * FROM drv_no_such_table", ()),
         ("SELECT 1/$1::int", (0,)),
-        ("SELEC 1", ()),
         ("SELECT $1::int", ("abc",)),
     ]:
         try:
@@ -335,6 +334,14 @@ async def step_errors(conn):
             })
     out.append({"after": await conn.fetchval("SELECT 'usable'")})
     return {"errors": out}
+
+
+async def step_syntax_error(conn):
+    try:
+        await conn.execute("SELEC 1")
+        return {"error": None}
+    except asyncpg.PostgresError as e:
+        return {"sqlstate": e.sqlstate, "message": e.message, "position": e.position}
 
 
 async def step_notice(conn):
@@ -374,6 +381,7 @@ STEPS = [
     ("domain_type", step_domain_type),
     ("transactions", step_transactions),
     ("errors", step_errors),
+    ("syntax_error", step_syntax_error),
     ("notice", step_notice),
     ("tls", step_tls),
 ]

@@ -304,7 +304,6 @@ const steps = {
       [`INSERT INTO ${T} (id, name) VALUES (999, repeat('x', 50))`, undefined],
       ['SELECT * FROM drv_no_such_table', undefined],
       ['SELECT 1 / $1::int', [0]],
-      ['SELEC 1', undefined],
       ['SELECT $1::int', ['abc']]
     ]) {
       try {
@@ -316,6 +315,15 @@ const steps = {
     }
     out.push({ after: (await one(c, "SELECT 'usable' AS a")).a })
     return { errors: out }
+  },
+
+  async syntax_error (c) {
+    try {
+      await c.query('SELEC 1')
+      return { error: null }
+    } catch (e) {
+      return { sqlstate: e.code ?? null, message: e.message, position: e.position ?? null }
+    }
   },
 
   async notice (c) {

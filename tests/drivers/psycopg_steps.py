@@ -334,7 +334,6 @@ def step_errors(conn):
         f"INSERT INTO {T} (id, name) VALUES (999, repeat('x', 50))",
         "SELECT * FROM drv_no_such_table",
         "SELECT 1/0",
-        "SELEC 1",
         "SELECT 'abc'::int",
     ]:
         try:
@@ -354,6 +353,14 @@ def step_errors(conn):
             })
     out.append({"after": conn.execute("SELECT 'usable'").fetchone()[0]})
     return {"errors": out}
+
+
+def step_syntax_error(conn):
+    try:
+        conn.execute("SELEC 1")
+        return {"error": None}
+    except psycopg.Error as e:
+        return {"sqlstate": e.sqlstate, "message": e.diag.message_primary, "position": e.diag.statement_position}
 
 
 def step_notice(conn):
@@ -389,6 +396,7 @@ STEPS = [
     ("types", step_types),
     ("transactions", step_transactions),
     ("errors", step_errors),
+    ("syntax_error", step_syntax_error),
     ("notice", step_notice),
     ("tls", step_tls),
 ]
