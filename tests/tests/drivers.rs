@@ -545,3 +545,174 @@ fn driver_conformance_node_pg() {
 fn driver_conformance_pgjdbc() {
     conformance("driver_conformance_pgjdbc", "pgjdbc");
 }
+
+/// The protocol-heavy modules of asyncpg's own test suite that run against an
+/// existing server (those that start clusters of their own, or need a server
+/// built with extensions this one lacks, are left out).
+const ASYNCPG_SUITE: &[&str] = &[
+    "test_execute",
+    "test_prepare",
+    "test_copy",
+    "test_cursor",
+    "test_listeners",
+    "test_cancellation",
+    "test_transaction",
+    "test_exceptions",
+    "test_introspection",
+    "test_timeout",
+    "test_codecs",
+    "test_record",
+];
+
+/// `<target>/drivers-asyncpg-suite/<version>` for the venv's asyncpg, or why not.
+fn asyncpg_suite_dir() -> Result<PathBuf, String> {
+    let out = Command::new(venv_python())
+        .args(["-c", "import asyncpg; print(asyncpg.__version__)"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", venv_python().display()))?;
+    if !out.status.success() {
+        return Err("asyncpg is not importable from the venv: run `cargo xtask setup`".into());
+    }
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dir = target_dir().join("drivers-asyncpg-suite").join(&version);
+    if dir.join("tests").join("__init__.py").exists() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "asyncpg {version}'s test suite is not unpacked in {}: run `cargo xtask setup`",
+            dir.display()
+        ))
+    }
+}
+
+/// asyncpg's own tests, module by module, direct and through the agent, compared
+/// test by test. The suite logs in as the superuser over TCP (it creates roles,
+/// databases and extensions), which the harness server allows for this test only.
+#[test]
+fn driver_conformance_asyncpg_suite() {
+    let test = "driver_conformance_asyncpg_suite";
+    if !privileged(test) {
+        return;
+    }
+    let suite = match pg::missing().map(Err).unwrap_or_else(asyncpg_suite_dir) {
+        Ok(d) => d,
+        Err(w) if ci() => panic!("{test}: cannot run under CI=true: {w}"),
+        Err(w) => {
+            eprintln!("SKIP {test}: {w}");
+            return;
+        }
+    };
+    let cg = TestCgroup::new();
+    let unit = cg.unit("drivers");
+    let pg = PgServer::start(PgOpts {
+        tls: true,
+        ..PgOpts::default()
+    });
+    let superuser_password = pg::password("postgres");
+    pg.superuser_sql(&format!(
+        "ALTER ROLE postgres PASSWORD '{superuser_password}'"
+    ));
+    let hba = pg.data_dir.join("pg_hba.conf");
+    let mut lines = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    lines.push_str("host all postgres 127.0.0.1/32 scram-sha-256\n");
+    std::fs::write(&hba, lines).expect("write pg_hba.conf");
+    pg.superuser_sql("SELECT pg_reload_conf()");
+    let certs = TempDir::new("portcullis-test-drivers-tls");
+    let ca = pg.ca.clone().expect("the server was started with TLS");
+    let (crt, key) = pg::agent_cert(&certs.0, ca.parent().expect("CA dir"));
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&pg),
+        AgentOpts {
+            extra_config: format!(
+                "tls_cert_file: {}\ntls_key_file: {}\n",
+                crt.display(),
+                key.display()
+            ),
+            ..AgentOpts::default()
+        },
+    );
+    let mut argv = vec![
+        venv_python().to_string_lossy().into_owned(),
+        scenario("asyncpg_suite.py"),
+        suite.to_string_lossy().into_owned(),
+    ];
+    argv.extend(ASYNCPG_SUITE.iter().map(|m| m.to_string()));
+    let d = Driver {
+        name: "asyncpg-suite",
+        argv,
+        env: vec![
+            ("PGUSER".into(), "postgres".into()),
+            ("PGDATABASE".into(), "postgres".into()),
+            ("PGPASSWORD".into(), superuser_password.clone()),
+        ],
+    };
+    let direct = run_scenario(&d, &pg, None);
+    let through = run_scenario(&d, &pg, Some(&unit));
+    let outcomes = |r: &Run| -> BTreeMap<String, (String, String)> {
+        r.steps
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s["test"].as_str()?.to_string(),
+                    (
+                        s["outcome"].as_str().unwrap_or("?").to_string(),
+                        s["detail"].as_str().unwrap_or("").to_string(),
+                    ),
+                ))
+            })
+            .collect()
+    };
+    let (a, b) = (outcomes(&direct), outcomes(&through));
+    let tally = |m: &BTreeMap<String, (String, String)>| {
+        let mut t: BTreeMap<String, usize> = BTreeMap::new();
+        for (o, _) in m.values() {
+            *t.entry(o.clone()).or_default() += 1;
+        }
+        t
+    };
+    println!();
+    println!(
+        "== asyncpg's own suite ({} modules): direct {:?} in {:.1} s; through the agent {:?} in {:.1} s",
+        ASYNCPG_SUITE.len(),
+        tally(&a),
+        direct.secs,
+        tally(&b),
+        through.secs
+    );
+    let mut problems = Vec::new();
+    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = ("missing".to_string(), String::new());
+    for n in names {
+        let (x, y) = (a.get(n).unwrap_or(&none), b.get(n).unwrap_or(&none));
+        if x.0 != y.0 {
+            println!("   {n:<90} direct {:<8} agent {}", x.0, y.0);
+            for (what, v) in [("direct", x), ("agent", y)] {
+                if !v.1.is_empty() {
+                    println!("       {what}: {}", short(&v.1, 300));
+                }
+            }
+            problems.push(format!("{n}: direct {}, through the agent {}", x.0, y.0));
+        } else if x.0 == "fail" || x.0 == "error" {
+            println!("   {n:<90} fails both ways: {}", short(&x.1, 200));
+        }
+    }
+    if a.is_empty() {
+        problems.push(format!(
+            "the suite ran no test direct: {}",
+            short(&direct.stderr, 2000)
+        ));
+    }
+    let refused = agent
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "statement" && r["decision"] != "allow")
+        .count();
+    println!("   through the agent: {refused} statements refused");
+    assert!(
+        problems.is_empty(),
+        "asyncpg's suite differs through the agent in {} test(s):\n  {}",
+        problems.len(),
+        problems.join("\n  ")
+    );
+}

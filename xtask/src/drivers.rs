@@ -23,6 +23,53 @@ const NODE_PACKAGES: [(&str, &str); 3] = [
 /// Debian's pgjdbc (package libpostgresql-jdbc-java).
 const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 
+/// `<target>/drivers-asyncpg-suite/<version>`: the tests/ directory of the sdist
+/// of the asyncpg installed in the venv (tests/drivers/asyncpg_suite.py runs it).
+pub fn asyncpg_suite_dir(version: &str) -> PathBuf {
+    target_dir().join("drivers-asyncpg-suite").join(version)
+}
+
+/// Downloads the sdist of the installed asyncpg from PyPI and unpacks its tests.
+fn asyncpg_suite(venv: &Path) -> Result<bool> {
+    let py = venv.join("bin").join("python");
+    let version = crate::util::output(
+        Command::new(&py).args(["-c", "import asyncpg; print(asyncpg.__version__)"]),
+    )
+    .context("asking the venv's asyncpg for its version")?;
+    let dir = asyncpg_suite_dir(&version);
+    if dir.join("tests").join("__init__.py").exists() {
+        return Ok(false);
+    }
+    let dl = target_dir().join("drivers-asyncpg-suite").join("sdist");
+    std::fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+    run(Command::new(&py)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            &format!("asyncpg=={version}"),
+            "-d",
+        ])
+        .arg(&dl))
+    .context("downloading the asyncpg sdist (for its test suite) from PyPI")?;
+    let sdist = dl.join(format!("asyncpg-{version}.tar.gz"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&dir)
+        .arg("--strip-components=1")
+        .arg(format!("asyncpg-{version}/tests")))
+    .with_context(|| format!("unpacking the tests of {}", sdist.display()))?;
+    Ok(true)
+}
+
 /// `<target>/drivers-node`: its `node_modules` is the scenario's NODE_PATH.
 pub fn node_dir() -> PathBuf {
     target_dir().join("drivers-node")
@@ -64,6 +111,9 @@ pub fn ensure() -> Result<Vec<&'static str>> {
             bail!("pip finished but asyncpg is not in {}", venv.display());
         }
         did.push("asyncpg");
+    }
+    if asyncpg_suite(&venv)? {
+        did.push("asyncpg test suite");
     }
 
     let mut apt: Vec<&str> = Vec::new();
