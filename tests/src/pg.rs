@@ -16,6 +16,7 @@
 //! `reports.daily`, a few rows each.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -740,4 +741,68 @@ pub fn pgbench_counts(stdout: &str) -> (u64, u64) {
         num("number of transactions actually processed:").unwrap_or(0),
         num("number of failed transactions:").unwrap_or(0),
     )
+}
+
+/// A certificate for the agent (SAN `127.0.0.1`, `localhost`) signed by the CA
+/// of a server started with TLS (`ca_dir`: the directory of [`PgServer::ca`]),
+/// made with the openssl CLI in `dir`: (certificate, key).
+pub fn agent_cert(dir: &Path, ca_dir: &Path) -> (PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=portcullis-agent",
+        "-keyout",
+        "agent.key",
+        "-out",
+        "agent.csr",
+    ]);
+    std::fs::write(
+        dir.join("agent.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext");
+    let ca = ca_dir.join("ca.crt");
+    let ca_key = ca_dir.join("ca.key");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "agent.csr",
+        "-CA",
+        ca.to_str().expect("utf-8"),
+        "-CAkey",
+        ca_key.to_str().expect("utf-8"),
+        "-CAcreateserial",
+        "-CAserial",
+        "agent.srl",
+        "-days",
+        "2",
+        "-extfile",
+        "agent.ext",
+        "-out",
+        "agent.crt",
+    ]);
+    std::fs::set_permissions(
+        dir.join("agent.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod key");
+    (dir.join("agent.crt"), dir.join("agent.key"))
 }

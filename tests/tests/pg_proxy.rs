@@ -399,69 +399,6 @@ fn pgbench_init_and_every_query_mode_through_the_sql_proxy() {
         && r["prepared_name"].as_str().is_some_and(|n| !n.is_empty())));
 }
 
-/// The client's certificate check and the server's: a CA, a certificate for the
-/// agent signed by it (openssl CLI), files in `dir`.
-fn agent_cert(dir: &Path, ca_dir: &Path) -> (PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=portcullis-agent",
-        "-keyout",
-        "agent.key",
-        "-out",
-        "agent.csr",
-    ]);
-    std::fs::write(
-        dir.join("agent.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write ext");
-    let ca = ca_dir.join("ca.crt");
-    let ca_key = ca_dir.join("ca.key");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "agent.csr",
-        "-CA",
-        ca.to_str().expect("utf-8"),
-        "-CAkey",
-        ca_key.to_str().expect("utf-8"),
-        "-CAcreateserial",
-        "-CAserial",
-        "agent.srl",
-        "-days",
-        "2",
-        "-extfile",
-        "agent.ext",
-        "-out",
-        "agent.crt",
-    ]);
-    std::fs::set_permissions(
-        dir.join("agent.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .expect("chmod key");
-    (dir.join("agent.crt"), dir.join("agent.key"))
-}
-
 #[test]
 fn tls_on_both_sides_credentials_refusals_and_cancel() {
     let test = "tls_on_both_sides_credentials_refusals_and_cancel";
@@ -486,7 +423,7 @@ fn tls_on_both_sides_credentials_refusals_and_cancel() {
         |pg| policy(pg.port, &tls_target(pg), "enforce", ""),
         |pg| {
             let ca = pg.ca.clone().expect("TLS server has a CA");
-            let (crt, key) = agent_cert(&certs.0, ca.parent().expect("CA dir"));
+            let (crt, key) = pg::agent_cert(&certs.0, ca.parent().expect("CA dir"));
             format!(
                 "tls_cert_file: {}\ntls_key_file: {}\n",
                 crt.display(),

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_pg;
 mod demo;
+mod drivers;
 mod fuzz;
 mod pgtools;
 mod setup;
@@ -23,7 +24,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup            install what is missing (nightly rust-src, LLVM-matched bpf-linker)
   build [--release] build the agent (kernel programs included)
-  test             run every test tier: lint, unit, policies, fuzz (20 s a target), privileged end-to-end, demo smoke
+  test             run every test tier: lint, unit, policies, fuzz (20 s a target), privileged end-to-end,
+                   drivers (psycopg, asyncpg, node-postgres, pgjdbc direct vs through the agent), demo smoke
   demo [--smoke]   throwaway PostgreSQL + the agent at the cgroup v2 root + a short workload
   bench [NAME]     benchmarks printing ratios (NAME: datapath, policy, audit; default all)
   bench pg [--protocol tcp|postgres] [--rounds N] [--secs S] [--clients 1,8,32] [--scale N]
@@ -80,6 +82,10 @@ fn dispatch(args: &[String]) -> Result<()> {
         other => bail!("unknown command `{other}`\n{USAGE}"),
     }
 }
+
+/// The name prefix of the driver conformance tests (tests/tests/drivers.rs): the
+/// drivers tier runs them, the privileged e2e tier skips them.
+const DRIVER_TESTS: &str = "driver_conformance_";
 
 /// Runs every tier, continuing past failures, and exits non-zero if any failed.
 fn test() -> Result<()> {
@@ -143,23 +149,50 @@ fn test() -> Result<()> {
         }
     }
     if is_root() {
+        // The driver conformance tests (tests/tests/drivers.rs) are the next tier.
         tier(
             "privileged e2e",
-            cargo(&["test", "-p", "portcullis-tests", "--", "--test-threads=2"]),
+            cargo(&[
+                "test",
+                "-p",
+                "portcullis-tests",
+                "--",
+                "--test-threads=2",
+                "--skip",
+                DRIVER_TESTS,
+            ]),
+        );
+        // One driver at a time, output shown: each prints its results side by side.
+        tier(
+            "drivers",
+            cargo(&[
+                "test",
+                "-p",
+                "portcullis-tests",
+                "--test",
+                "drivers",
+                "--",
+                "--test-threads=1",
+                "--nocapture",
+                DRIVER_TESTS,
+            ]),
         );
         tier("demo smoke", demo::demo(true));
     } else if ci {
-        tier(
-            "privileged e2e",
-            Err(anyhow::anyhow!(
-                "CI=true but not running as root: the privileged tests cannot run"
-            )),
-        );
+        for name in ["privileged e2e", "drivers"] {
+            tier(
+                name,
+                Err(anyhow::anyhow!(
+                    "CI=true but not running as root: the privileged tests cannot run"
+                )),
+            );
+        }
     } else {
         eprintln!(
-            "xtask: SKIP privileged e2e and demo smoke: not root (they need eBPF and cgroups)"
+            "xtask: SKIP privileged e2e, drivers and demo smoke: not root (they need eBPF and cgroups)"
         );
         skipped.push("privileged e2e".to_string());
+        skipped.push("drivers".to_string());
         skipped.push("demo smoke".to_string());
     }
     println!();

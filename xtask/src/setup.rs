@@ -143,6 +143,12 @@ pub fn setup() -> Result<()> {
         }
     }
     did.extend(crate::pgtools::ensure()?);
+    // The driver tier's drivers: a failure here leaves that tier to say what is
+    // missing; the other tiers do not need them.
+    match crate::drivers::ensure() {
+        Ok(d) => did.extend(d),
+        Err(e) => println!("setup: drivers for the driver tier not installed: {e:#}"),
+    }
     // The evasion tests drop privileges with setpriv and capsh and start the agent
     // in a private mount namespace with unshare.
     let have = |p: &[&str]| p.iter().any(|p| std::path::Path::new(p).exists());
@@ -169,7 +175,7 @@ pub fn setup() -> Result<()> {
     }
     if did.is_empty() {
         println!(
-            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv, rsyslog, setpriv, capsh) in {} ms",
+            "setup: ok (nightly LLVM {major}, rust-src, bpf-linker, PostgreSQL, pgbouncer, psycopg venv, drivers, rsyslog, setpriv, capsh) in {} ms",
             t0.elapsed().as_millis()
         );
     } else {
