@@ -284,6 +284,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         "  hint: these say what allow rules no longer allow since allow rules grant privileges (docs/policy-reference.md, \"Changing from the earlier meaning\"); review each once"
                     );
                 }
+                for w in policy::lint::channel_binding_warnings(&p) {
+                    eprintln!("warning: {w} (docs/policy-reference.md, \"TLS\")");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errs) => {

@@ -28,29 +28,46 @@ use serde_json::Value;
 const RULE: &str = "drivers-may-do-anything";
 const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 /// Differences that follow from a documented decision of the agent, not from a
-/// defect: (driver or `*`, step, why). They are printed as known and do not fail
+/// defect: (driver or `*`, step, why, what the step's error through the agent
+/// must contain, if it is pinned). They are printed as known and do not fail
 /// the test; an entry that no run matches any more is printed so it can go.
 /// Everything else that differs fails, including what is being fixed.
-const KNOWN: &[(&str, &str, &str)] = &[
+const KNOWN: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "*",
         "syntax_error",
         "text the parser rejects is refused by the agent (42501, rule `unparseable`, \
          `defaults.unparseable: deny`) before the server could call it a syntax error (42601)",
+        None,
     ),
     (
         "pgjdbc",
         "large_objects_api",
         "LargeObjectManager sends FunctionCall messages, which name the function by OID only \
          and are refused as uncheckable unless `defaults.unparseable: allow`",
+        None,
+    ),
+    (
+        "psycopg",
+        "tls",
+        "libpq offers SCRAM channel binding over TLS (channel_binding=prefer); a relayed login \
+         to a TLS server cannot carry it through the agent's TLS, so the agent refuses the \
+         login and says what fixes it (docs/policy-reference.md, TLS)",
+        Some(
+            "FATAL:  Portcullis: target app-db relays the client's own SCRAM login to a TLS \
+             server, and SCRAM channel binding cannot pass through the agent's TLS; the client \
+             asked for it (gs2 flag `y`), which the server would refuse. Fix one of: connect \
+             with channel_binding=disable, give target app-db agent-held `credentials`, or set \
+             `tls.client: refuse` or `tls.upstream: disable` for it",
+        ),
     ),
 ];
 
-fn known(driver: &str, step: &str) -> Option<&'static str> {
+fn known(driver: &str, step: &str) -> Option<(&'static str, Option<&'static str>)> {
     KNOWN
         .iter()
-        .find(|(d, s, _)| (*d == "*" || *d == driver) && *s == step)
-        .map(|(_, _, why)| *why)
+        .find(|(d, s, _, _)| (*d == "*" || *d == driver) && *s == step)
+        .map(|(_, _, why, error)| (*why, *error))
 }
 
 /// A scenario still running after this long is killed (a hang is a failure);
@@ -362,7 +379,7 @@ fn compare(name: &str, direct: &Run, agent: &Run) -> Vec<String> {
             status_of(y),
             match (same, expected) {
                 (true, _) => "same".to_string(),
-                (false, Some(why)) => format!("known difference: {why}"),
+                (false, Some((why, _))) => format!("known difference: {why}"),
                 (false, None) => "DIFFERENT".to_string(),
             }
         );
@@ -379,6 +396,14 @@ fn compare(name: &str, direct: &Run, agent: &Run) -> Vec<String> {
         }
         if same && expected.is_some() {
             println!("       (the known difference above is gone: remove it from KNOWN)");
+        }
+        if let (Some((_, Some(error))), Some(y)) = (expected, y)
+            && !same
+            && !y["error"].as_str().is_some_and(|e| e.contains(error))
+        {
+            problems.push(format!(
+                "{step}: the known difference must fail through the agent with {error:?}, got {y}"
+            ));
         }
         if expected.is_some() && x.is_some() && y.is_some() {
             continue;
@@ -524,6 +549,105 @@ fn conformance(test: &str, name: &str) {
                 .join("\n")
         );
     }
+}
+
+/// libpq's default `channel_binding=prefer` over TLS to an agent that relays the
+/// client's own login to a TLS server: the agent refuses the login itself with
+/// a FATAL that says why and what fixes it, sends nothing upstream the server
+/// would take for a downgrade attack, and records why; with
+/// `channel_binding=disable` the same psql gets TLS on both legs.
+#[test]
+fn driver_conformance_psql_channel_binding_over_relayed_tls() {
+    let test = "driver_conformance_psql_channel_binding_over_relayed_tls";
+    if !privileged(test) {
+        return;
+    }
+    if let Some(w) = pg::missing() {
+        if ci() {
+            panic!("{test}: cannot run under CI=true: {w}");
+        }
+        eprintln!("SKIP {test}: {w}");
+        return;
+    }
+    let cg = TestCgroup::new();
+    let unit = cg.unit("drivers");
+    let pg = PgServer::start(PgOpts {
+        tls: true,
+        ..PgOpts::default()
+    });
+    let certs = TempDir::new("portcullis-test-drivers-tls");
+    let ca = pg.ca.clone().expect("the server was started with TLS");
+    let (crt, key) = pg::agent_cert(&certs.0, ca.parent().expect("CA dir"));
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(&pg),
+        AgentOpts {
+            extra_config: format!(
+                "tls_cert_file: {}\ntls_key_file: {}\n",
+                crt.display(),
+                key.display()
+            ),
+            ..AgentOpts::default()
+        },
+    );
+    let sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let psql = |binding: Option<&str>| {
+        let mut cmd = pg.psql_command(&unit, "app", &["-A", "-t", "-c", sql]);
+        cmd.env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &ca);
+        if let Some(b) = binding {
+            cmd.env("PGCHANNELBINDING", b);
+        }
+        cmd.output().expect("run psql")
+    };
+
+    let refused = psql(None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "psql logged in: {stderr}");
+    for part in [
+        "FATAL:  Portcullis: target app-db relays the client's own SCRAM login to a TLS server",
+        "(gs2 flag `y`)",
+        "channel_binding=disable",
+        "agent-held `credentials`",
+        "`tls.client: refuse` or `tls.upstream: disable`",
+    ] {
+        assert!(
+            stderr.contains(part),
+            "psql's error lacks {part:?}: {stderr}"
+        );
+    }
+    assert!(
+        !pg.log().contains("channel binding"),
+        "the server saw a channel-binding failure:\n{}",
+        pg.log()
+    );
+    let audit = agent.audit();
+    let auth = audit
+        .iter()
+        .find(|r| r["event"] == "authentication" && r["outcome"] == "failure")
+        .unwrap_or_else(|| panic!("no failed authentication record: {audit:#?}"));
+    assert!(
+        auth["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gs2 flag `y`") && e.contains("not sent upstream")),
+        "{auth}"
+    );
+    assert_eq!(auth["client_tls"], true, "{auth}");
+    assert_eq!(auth["upstream_tls"], true, "{auth}");
+    assert!(
+        audit.iter().any(
+            |r| r["event"] == "connection" && r.to_string().contains("channel_binding_refused")
+        ),
+        "no connection record ending `channel_binding_refused`: {audit:#?}"
+    );
+
+    let ok = psql(Some("disable"));
+    assert!(
+        ok.status.success(),
+        "psql with channel_binding=disable: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "t");
 }
 
 #[test]

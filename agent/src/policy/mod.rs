@@ -13,6 +13,7 @@ pub mod bench;
 pub mod catalog;
 pub mod explain;
 pub mod grants;
+pub mod lint;
 pub mod locate;
 pub mod spec;
 pub mod suggest;

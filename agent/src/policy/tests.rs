@@ -1471,3 +1471,35 @@ rules:
     // As a deny condition it is meaningful.
     assert!(compile(&text.replace("effect: allow", "effect: deny")).is_ok());
 }
+
+#[test]
+fn policy_check_warns_where_a_relayed_login_cannot_use_channel_binding() {
+    let target = |name: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    addresses: [\"10.0.0.{}\"]\n    protocol: postgres\n{extra}",
+            name.len()
+        )
+    };
+    let text = format!(
+        "apiVersion: portcullis.dev/v1\ntargets:\n{}{}{}{}{}",
+        target(
+            "relayed",
+            "    tls: { upstream: verify-full, ca_file: /ca.pem }\n"
+        ),
+        target(
+            "held",
+            "    credentials: pg-main\n    tls: { upstream: require }\n"
+        ),
+        target(
+            "plainclient",
+            "    tls: { client: refuse, upstream: require }\n"
+        ),
+        target("plainupstream", "    tls: { client: require }\n"),
+        target("both-tls-but-tcp", "")
+    );
+    let p = compile(&text).expect("valid");
+    let w = lint::channel_binding_warnings(&p);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("target relayed:"), "{w:?}");
+    assert!(w[0].contains("channel_binding=disable"), "{w:?}");
+}

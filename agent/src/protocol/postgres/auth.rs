@@ -151,9 +151,60 @@ impl Scram {
     }
 }
 
+/// What a client's SCRAM initial response asks of channel binding, read from
+/// its GS2 header (RFC 5802 section 7): `n` (the client does not support it),
+/// `y` (it does, but thinks the server does not), `p=<type>` (it binds).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gs2Binding {
+    NotSupported,
+    ClientSupports,
+    Binds(String),
+}
+
+/// The channel-binding flag of a SASLInitialResponse body (mechanism name,
+/// length, client-first-message), or `None` when the body is not one.
+pub fn gs2_binding(body: &[u8]) -> Option<Gs2Binding> {
+    let mut r = super::codec::Reader::new(body);
+    r.cstr("SASLInitialResponse").ok()?;
+    let len = usize::try_from(r.i32("SASLInitialResponse").ok()?).ok()?;
+    let data = r.bytes(len, "SASLInitialResponse").ok()?;
+    let flag = data.split(|&b| b == b',').next()?;
+    match flag {
+        b"n" => Some(Gs2Binding::NotSupported),
+        b"y" => Some(Gs2Binding::ClientSupports),
+        [b'p', b'=', kind @ ..] => Some(Gs2Binding::Binds(
+            String::from_utf8_lossy(kind).into_owned(),
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn initial(mech: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        super::super::codec::sasl_initial(&mut out, mech, data);
+        // Tag and length off: the body only.
+        out[5..].to_vec()
+    }
+
+    #[test]
+    fn gs2_flags_are_read_from_the_initial_response() {
+        let n = initial(SCRAM_SHA_256, b"n,,n=,r=abc");
+        assert_eq!(gs2_binding(&n), Some(Gs2Binding::NotSupported));
+        let y = initial(SCRAM_SHA_256, b"y,,n=,r=abc");
+        assert_eq!(gs2_binding(&y), Some(Gs2Binding::ClientSupports));
+        let p = initial("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc");
+        assert_eq!(
+            gs2_binding(&p),
+            Some(Gs2Binding::Binds("tls-server-end-point".into()))
+        );
+        assert_eq!(gs2_binding(&initial(SCRAM_SHA_256, b"x,,n=")), None);
+        assert_eq!(gs2_binding(b"SCRAM-SHA-256\0\0\0"), None);
+        assert_eq!(gs2_binding(b""), None);
+    }
 
     #[test]
     fn md5_matches_the_server_formula() {

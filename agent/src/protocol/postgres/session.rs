@@ -182,7 +182,10 @@ pub async fn serve(mut ctx: Ctx, client: TcpStream) -> Summary {
         Ok(Err((fail, client))) => {
             if matches!(
                 fail.end,
-                "upstream_auth_failed" | "upstream_refused" | "credentials_error"
+                "upstream_auth_failed"
+                    | "upstream_refused"
+                    | "credentials_error"
+                    | "channel_binding_refused"
             ) {
                 authentication(&ctx, &sum, "failure", Some(&fail.detail));
             }
@@ -248,6 +251,37 @@ fn authentication(ctx: &Ctx, sum: &Summary, outcome: &str, error: Option<&str>) 
 fn finish(mut ctx: Ctx, mut sum: Summary) -> Summary {
     sum.recorder = ctx.recorder.take();
     sum
+}
+
+/// A relayed SCRAM login over a TLS upstream that asks for channel binding
+/// (`y`: the client would have bound, had it been offered; `p=`: it binds)
+/// cannot succeed: the binding would be to the agent's certificate, the proof
+/// covers the flag, and the server, whose connection is TLS, refuses `y` as a
+/// downgrade. The client is told why and what fixes it.
+fn channel_binding_refusal(ctx: &Ctx, body: &[u8]) -> Option<Fail> {
+    let flag = match auth::gs2_binding(body)? {
+        auth::Gs2Binding::NotSupported => return None,
+        auth::Gs2Binding::ClientSupports => "y".to_string(),
+        auth::Gs2Binding::Binds(kind) => format!("p={kind}"),
+    };
+    let target = &ctx.target.name;
+    let client = format!(
+        "Portcullis: target {target} relays the client's own SCRAM login to a TLS server, \
+         and SCRAM channel binding cannot pass through the agent's TLS; the client asked for \
+         it (gs2 flag `{flag}`), which the server would refuse. Fix one of: connect with \
+         channel_binding=disable, give target {target} agent-held `credentials`, or set \
+         `tls.client: refuse` or `tls.upstream: disable` for it"
+    );
+    let detail = format!(
+        "the client's SCRAM initial response asks for channel binding (gs2 flag `{flag}`), \
+         which a relayed login to a TLS server cannot give; the login was not sent upstream"
+    );
+    Some(Fail {
+        sqlstate: "28000",
+        client,
+        end: "channel_binding_refused",
+        detail,
+    })
 }
 
 /// Client, upstream, and the cancel keys registered for the session.
@@ -551,6 +585,15 @@ async fn startup(
                                     ),
                                     Some(client),
                                 ));
+                            }
+                            if code == 10
+                                && upstream.is_tls()
+                                && let Some(why) = channel_binding_refusal(ctx, &reply.body)
+                            {
+                                // Nothing goes upstream: the server would fail the
+                                // login as a downgrade attack. Closing the upstream
+                                // connection mid-login is a quiet end to it.
+                                return Err((why, Some(client)));
                             }
                             reply.encode(&mut out);
                             if let Err(e) = send(&mut upstream, &mut out).await {
