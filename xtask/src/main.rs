@@ -7,6 +7,7 @@ mod bench;
 mod bench_pg;
 mod demo;
 mod fuzz;
+mod manpages;
 mod pgtools;
 mod setup;
 mod util;
@@ -30,6 +31,7 @@ commands:
   fuzz [--secs N] [TARGET ...]
                    the cargo-fuzz targets in fuzz/ (default: all, 300 s each; docs/fuzzing.md)
   install          build release and install binary, unit file and config (as root)
+  manpages         regenerate packaging/man and packaging/completions from the CLI
   sweep            remove pins and cgroups left by crashed test runs";
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         },
         "fuzz" => fuzz::fuzz(rest),
         "install" => install(),
+        "manpages" => manpages::manpages(),
         "sweep" => {
             util::sweep_test_leftovers();
             Ok(())
