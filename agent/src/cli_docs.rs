@@ -87,6 +87,7 @@ pub fn write_all(cmd: Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What differs between `dir` and what the binary generates: files missing or
 /// changed, and files that no command generates any more.
+#[cfg(test)]
 pub fn stale(cmd: Command, dir: &Path) -> std::io::Result<Vec<String>> {
     let files = generate(cmd)?;
     let mut problems = Vec::new();
