@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit;
+mod cli_docs;
 mod config;
 mod credentials;
 mod ebpf;
@@ -86,6 +87,15 @@ enum Command {
         /// Required: removing enforcement is never implicit.
         #[arg(long)]
         yes: bool,
+    },
+    /// Print the shell completion script for SHELL (the Debian package installs
+    /// bash, zsh and fish completions already).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages and completion scripts under DIR (`cargo xtask manpages`).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -430,6 +440,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             detach(&target)
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            std::io::stdout().write_all(&cli_docs::completion(Cli::command(), shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenerateDocs { out } => {
+            use clap::CommandFactory;
+            for p in cli_docs::write_all(Cli::command(), &out)? {
+                println!("wrote {}", p.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -591,6 +614,30 @@ fn print_flows(v: &Value) {
             f["uid"].as_u64().unwrap_or(0),
             f["exe"].as_str().unwrap_or(""),
             f["cgroup"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The man pages and completions in packaging/ (shipped in the Debian package)
+    /// are what this binary generates.
+    #[test]
+    fn packaged_man_pages_and_completions_are_current() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+        let stale = cli_docs::stale(Cli::command(), &dir).expect("generate");
+        assert!(
+            stale.is_empty(),
+            "packaging/ is not what the CLI generates; run `cargo xtask manpages`:\n{}",
+            stale.join("\n")
         );
     }
 }

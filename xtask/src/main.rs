@@ -8,6 +8,7 @@ mod bench_pg;
 mod demo;
 mod drivers;
 mod fuzz;
+mod manpages;
 mod pgtools;
 mod setup;
 mod sql_coverage;
@@ -36,6 +37,7 @@ commands:
                    how much of PostgreSQL's regression SQL, tests/corpus/driver-statements.txt
                    and FILES the agent analyses (a report; fetches the regression SQL once)
   install          build release and install binary, unit file and config (as root)
+  manpages         regenerate packaging/man and packaging/completions from the CLI
   sweep            remove pins and cgroups left by crashed test runs";
 
 fn main() -> ExitCode {
@@ -71,6 +73,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "fuzz" => fuzz::fuzz(rest),
         "sql-coverage" => sql_coverage::sql_coverage(rest),
         "install" => install(),
+        "manpages" => manpages::manpages(),
         "sweep" => {
             util::sweep_test_leftovers();
             Ok(())
