@@ -217,6 +217,28 @@ struct Run {
     secs: f64,
 }
 
+/// The agent attached to `cg` with the allow-all policy for `pg`, terminating
+/// client TLS with a certificate from the server's CA; also that CA (for
+/// clients that verify) and the directory holding the agent's key.
+fn tls_agent(cg: &TestCgroup, pg: &PgServer) -> (Agent, PathBuf, TempDir) {
+    let certs = TempDir::new("portcullis-test-drivers-tls");
+    let ca = pg.ca.clone().expect("the server was started with TLS");
+    let (crt, key) = pg::agent_cert(&certs.0, ca.parent().expect("CA dir"));
+    let agent = Agent::start(
+        &cg.slice,
+        &policy(pg),
+        AgentOpts {
+            extra_config: format!(
+                "tls_cert_file: {}\ntls_key_file: {}\n",
+                crt.display(),
+                key.display()
+            ),
+            ..AgentOpts::default()
+        },
+    );
+    (agent, ca, certs)
+}
+
 fn run_scenario(d: &Driver, pg: &PgServer, cg: Option<&Path>) -> Run {
     let argv: Vec<&str> = d.argv.iter().map(String::as_str).collect();
     let mut cmd = match cg {
@@ -462,21 +484,7 @@ fn conformance(test: &str, name: &str) {
         tls: true,
         ..PgOpts::default()
     });
-    let certs = TempDir::new("portcullis-test-drivers-tls");
-    let ca = pg.ca.clone().expect("the server was started with TLS");
-    let (crt, key) = pg::agent_cert(&certs.0, ca.parent().expect("CA dir"));
-    let agent = Agent::start(
-        &cg.slice,
-        &policy(&pg),
-        AgentOpts {
-            extra_config: format!(
-                "tls_cert_file: {}\ntls_key_file: {}\n",
-                crt.display(),
-                key.display()
-            ),
-            ..AgentOpts::default()
-        },
-    );
+    let (agent, _, _certs) = tls_agent(&cg, &pg);
 
     let direct = run_scenario(&d, &pg, None);
     let before = pg.tcp_connections_received();
@@ -584,21 +592,7 @@ fn driver_conformance_psql_channel_binding_over_relayed_tls() {
         tls: true,
         ..PgOpts::default()
     });
-    let certs = TempDir::new("portcullis-test-drivers-tls");
-    let ca = pg.ca.clone().expect("the server was started with TLS");
-    let (crt, key) = pg::agent_cert(&certs.0, ca.parent().expect("CA dir"));
-    let agent = Agent::start(
-        &cg.slice,
-        &policy(&pg),
-        AgentOpts {
-            extra_config: format!(
-                "tls_cert_file: {}\ntls_key_file: {}\n",
-                crt.display(),
-                key.display()
-            ),
-            ..AgentOpts::default()
-        },
-    );
+    let (agent, ca, _certs) = tls_agent(&cg, &pg);
     let sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     let psql = |binding: Option<&str>| {
         let mut cmd = pg.psql_command(&unit, "app", &["-A", "-t", "-c", sql]);
@@ -750,21 +744,7 @@ fn driver_conformance_asyncpg_suite() {
     lines.push_str("host all postgres 127.0.0.1/32 scram-sha-256\n");
     std::fs::write(&hba, lines).expect("write pg_hba.conf");
     pg.superuser_sql("SELECT pg_reload_conf()");
-    let certs = TempDir::new("portcullis-test-drivers-tls");
-    let ca = pg.ca.clone().expect("the server was started with TLS");
-    let (crt, key) = pg::agent_cert(&certs.0, ca.parent().expect("CA dir"));
-    let agent = Agent::start(
-        &cg.slice,
-        &policy(&pg),
-        AgentOpts {
-            extra_config: format!(
-                "tls_cert_file: {}\ntls_key_file: {}\n",
-                crt.display(),
-                key.display()
-            ),
-            ..AgentOpts::default()
-        },
-    );
+    let (agent, _, _certs) = tls_agent(&cg, &pg);
     let mut argv = vec![
         venv_python().to_string_lossy().into_owned(),
         scenario("asyncpg_suite.py"),
