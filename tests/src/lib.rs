@@ -28,6 +28,20 @@ pub fn ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
 }
 
+/// Runs the openssl CLI in `dir`; panics with its stderr if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Returns false (after printing why) when the agent binary is not built;
 /// panics under CI. For tests that run the binary without root.
 pub fn agent_built(test: &str) -> bool {

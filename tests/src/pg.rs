@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{TempDir, in_cgroup, repo_root};
+use crate::{TempDir, in_cgroup, openssl, repo_root};
 
 /// The roles created at start, with their pg_hba method.
 pub const ROLES: [(&str, &str); 3] = [
@@ -747,18 +747,7 @@ pub fn pgbench_counts(stdout: &str) -> (u64, u64) {
 /// of a server started with TLS (`ca_dir`: the directory of [`PgServer::ca`]),
 /// made with the openssl CLI in `dir`: (certificate, key).
 pub fn agent_cert(dir: &Path, ca_dir: &Path) -> (PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-newkey",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{TempDir, ci, free_port};
+use crate::{TempDir, ci, free_port, openssl};
 
 /// The rsyslogd binary, if installed (`cargo xtask setup` installs it).
 pub fn rsyslogd() -> Option<PathBuf> {
@@ -368,18 +368,7 @@ pub fn log_records(dir: &Path) -> Vec<Value> {
 /// A private CA and a server certificate for 127.0.0.1 signed by it, made
 /// with openssl(1) in `dir`: (ca.pem, server.pem, server.key).
 pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write ext");
     run(&[
         "req",
